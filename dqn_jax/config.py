@@ -1,0 +1,248 @@
+"""The typed configuration schema, its validation, and the values derived from it.
+
+Hydra composes ``conf/`` into :class:`Config`; a misspelt key or a value of the
+wrong type fails at composition. :func:`validate` then checks what types cannot
+(ranges, known choices) and raises :class:`ConfigError` with one line naming the
+key and what it allows. Derived values (the number of games, the replay memory's
+shape) are computed by functions here and never written back into the config.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A configuration value that is wrong; the message is one line for the user."""
+
+
+@dataclass
+class SignalConfig:
+    """A linear control signal: ``start`` to ``end`` over ``span`` states, then ``end``."""
+
+    start: float = MISSING
+    end: float = MISSING
+    span: float = 5e6  # in states processed (count_states)
+
+
+@dataclass
+class EnvConfig:
+    """Which game and how its frames are made."""
+
+    kind: str = "atari"  # "atari" (ale-py vector env, frames) or "gymnasium" (vector observations)
+    game: str = "breakout"  # an ALE ROM id such as breakout, space_invaders, pong
+    gym_id: str = "CartPole-v1"  # the Gymnasium id when kind=gymnasium
+    num_envs: int | None = None  # games played at once; None: two per CPU core, 4 to 16
+    frameskip: int = 4
+    repeat_action_probability: float = 0.25  # sticky actions, the ALE v5 protocol
+    height: int = 105
+    width: int = 80
+    full_action_space: bool = False
+    fire_reset: bool = False  # press FIRE after a reset (the tutorial does not)
+    max_episode_frames: int = 108_000
+    motion_trace: bool = True  # atari only: state = (frame, motion trace)
+    trace_threshold: float = 20.0
+    trace_decay: float = 0.75
+
+
+@dataclass
+class MemoryConfig:
+    """The replay memory, its backward sweep and error-split sampling."""
+
+    size: int = 200_000  # states held (all games together)
+    discount: float = 0.97
+    batch_size: int = 128
+    error_threshold: float = 0.1  # errors below this are "low error"
+    min_high_error_share: float = 0.5  # high-error share of a batch is at least this
+    reward_clip: float = 1.0  # rewards stored clipped to [-reward_clip, reward_clip]
+    sweep: str = "associative"  # "associative" (parallel, exact) or "scan" (sequential)
+
+
+@dataclass
+class NetworkConfig:
+    """The Q-network; layer sizes are data so a test can build a tiny one."""
+
+    name: str = "hvass"  # "hvass" (the tutorial's), "nature" or "mlp"
+    conv_features: list[int] = field(default_factory=lambda: [16, 32, 64])
+    conv_kernels: list[int] = field(default_factory=lambda: [3, 3, 3])
+    conv_strides: list[int] = field(default_factory=lambda: [2, 2, 1])
+    dense: list[int] = field(default_factory=lambda: [1024, 1024, 1024, 1024])
+    init_stddev: float = 0.02  # truncated-normal initialiser; <= 0 means Flax's default
+    dtype: str = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
+
+
+@dataclass
+class ScheduleConfig:
+    """The five linear control signals, the test epsilon and the optimiser constants."""
+
+    epsilon: SignalConfig = field(default_factory=lambda: SignalConfig(1.0, 0.1, 1e6))
+    epsilon_test: float = 0.01
+    learning_rate: SignalConfig = field(default_factory=lambda: SignalConfig(1e-3, 1e-5, 5e6))
+    loss_limit: SignalConfig = field(default_factory=lambda: SignalConfig(0.1, 0.015, 5e6))
+    max_epochs: SignalConfig = field(default_factory=lambda: SignalConfig(5.0, 10.0, 5e6))
+    replay_fraction: SignalConfig = field(default_factory=lambda: SignalConfig(0.1, 1.0, 5e6))
+    min_epochs: float = 1.0
+    loss_window: int = 100  # batches averaged for the loss-limit stop
+    rmsprop_decay: float = 0.9
+    rmsprop_eps: float = 1e-10
+    rmsprop_initial_scale: float = 1.0
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go. ``name=none`` turns tracking off."""
+
+    name: str = "mlflow"  # "mlflow" or "none"
+    tracking_uri: str | None = None  # None: the embedded store under paths.root
+    experiment: str | None = None  # None: one experiment per game, "dqn_jax/<game>"
+    flush_seconds: float = 2.0  # metrics are sent in batches at most this often
+    log_checkpoints: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    keep: int = 3  # checkpoints kept; older ones are deleted
+    resume: bool = True  # continue from the latest checkpoint in the run directory
+
+
+@dataclass
+class PathsConfig:
+    root: str = "."  # everything a run writes lives under this folder
+    runs: str = "${paths.root}/runs"
+    mlflow_db: str = "${paths.root}/mlruns.db"
+    mlflow_artifacts: str = "${paths.root}/mlartifacts"
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    mode: str = "train"  # "train" or "test"
+    name: str = "default"  # the run's name; the run directory is runs/<game>/<name>
+    seed: int = 0
+    episodes: int | None = None  # stop when this many episodes are done (train: in total)
+    steps: int | None = None  # stop when this many states are processed (train: in total)
+    render: bool = False  # test mode: show the game in a window
+    video: bool = False  # test mode: write test-video.mp4 into the run directory
+    progress: bool = True  # progress bars and a line per episode
+    objective: str = "test/mean_score"  # what a sweep job returns (metric name)
+    test_episodes_after_training: int = 0  # play this many test episodes when training ends
+
+
+def register_configs() -> None:
+    """Register the schema so ``conf/config.yaml`` can build on it."""
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+CHOICES = {
+    "mode": ("train", "test"),
+    "env.kind": ("atari", "gymnasium"),
+    "memory.sweep": ("associative", "scan"),
+    "network.name": ("hvass", "nature", "mlp"),
+    "network.dtype": ("float32", "bfloat16"),
+    "logger.name": ("mlflow", "none"),
+}
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg) -> None:
+    """Check what the types cannot; raise ConfigError with a one-line message."""
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+
+    def positive(key: str, allow_zero: bool = False) -> None:
+        value = _get(cfg, key)
+        if value is None:
+            return
+        if value < 0 or (value == 0 and not allow_zero):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise ConfigError(f"{key}={value} is out of range; it must be {bound}")
+
+    def unit_interval(key: str) -> None:
+        value = _get(cfg, key)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key}={value} is out of range; it must be in [0, 1]")
+
+    for key in ("memory.size", "memory.batch_size", "memory.reward_clip", "env.frameskip",
+                "env.height", "env.width", "checkpoint.keep", "env.num_envs", "episodes",
+                "steps", "schedule.min_epochs", "schedule.loss_window", "logger.flush_seconds",
+                "schedule.rmsprop_initial_scale"):
+        positive(key)
+    for key in ("memory.error_threshold", "schedule.rmsprop_eps", "test_episodes_after_training",
+                "env.trace_threshold"):
+        positive(key, allow_zero=True)
+    for key in ("memory.discount", "memory.min_high_error_share", "env.repeat_action_probability",
+                "env.trace_decay", "schedule.epsilon_test", "schedule.rmsprop_decay",
+                "schedule.epsilon.start", "schedule.epsilon.end", "schedule.replay_fraction.start",
+                "schedule.replay_fraction.end"):
+        unit_interval(key)
+    for name in ("epsilon", "learning_rate", "loss_limit", "max_epochs", "replay_fraction"):
+        positive(f"schedule.{name}.span")
+        positive(f"schedule.{name}.start", allow_zero=True)
+        positive(f"schedule.{name}.end", allow_zero=True)
+    if cfg.schedule.max_epochs.start < cfg.schedule.min_epochs or (
+        cfg.schedule.max_epochs.end < cfg.schedule.min_epochs
+    ):
+        raise ConfigError(
+            f"schedule.max_epochs (start {cfg.schedule.max_epochs.start}, end "
+            f"{cfg.schedule.max_epochs.end}) must not be below schedule.min_epochs={cfg.schedule.min_epochs}"
+        )
+    net = cfg.network
+    if net.name != "mlp" and not len(net.conv_features) == len(net.conv_kernels) == len(net.conv_strides):
+        raise ConfigError(
+            "network.conv_features, network.conv_kernels and network.conv_strides must have the "
+            f"same length (got {len(net.conv_features)}, {len(net.conv_kernels)}, {len(net.conv_strides)})"
+        )
+    if any(int(v) <= 0 for v in [*net.conv_features, *net.conv_kernels, *net.conv_strides, *net.dense]):
+        raise ConfigError("network layer sizes, kernels and strides must all be > 0")
+    if cfg.env.kind == "gymnasium" and net.name != "mlp":
+        raise ConfigError(
+            f"network={net.name} needs image frames; env.kind=gymnasium gives vector observations, "
+            "so use network=mlp"
+        )
+    if cfg.env.kind == "atari" and net.name == "mlp":
+        raise ConfigError("network=mlp takes vector observations; env.kind=atari needs hvass or nature")
+    games = num_envs(cfg.env)
+    if cfg.memory.size < 2 * games:
+        raise ConfigError(
+            f"memory.size={cfg.memory.size} is too small for {games} games; it must be at least "
+            f"{2 * games} (two states per game)"
+        )
+    if cfg.render and cfg.video:
+        raise ConfigError("render=true and video=true cannot be combined; choose one")
+
+
+def num_envs(env: EnvConfig) -> int:
+    """Games played at once: the config's value, else two per core between 4 and 16."""
+    if env.num_envs is not None:
+        return int(env.num_envs)
+    return max(4, min(16, 2 * (os.cpu_count() or 2)))
+
+
+def memory_steps(memory: MemoryConfig, games: int) -> int:
+    """Rows of the time x game replay memory (``memory.size`` states in all)."""
+    return max(2, memory.size // games)
+
+
+def experiment_name(cfg) -> str:
+    """The MLflow experiment: the configured one, else one per game."""
+    if cfg.logger.experiment:
+        return cfg.logger.experiment
+    game = cfg.env.game if cfg.env.kind == "atari" else cfg.env.gym_id
+    return f"dqn_jax/{game}"
