@@ -136,6 +136,7 @@ class Config:
     progress: bool = True  # progress bars and a line per episode
     objective: str = "test/mean_score"  # what a sweep job returns (metric name)
     test_episodes_after_training: int = 0  # play this many test episodes when training ends
+    test_checkpoints: str = "latest"  # test mode: "latest", or "all" for a score-over-training curve
 
 
 def register_configs() -> None:
@@ -150,6 +151,7 @@ CHOICES = {
     "network.name": ("hvass", "nature", "mlp"),
     "network.dtype": ("float32", "bfloat16"),
     "logger.name": ("mlflow", "none"),
+    "test_checkpoints": ("latest", "all"),
 }
 
 

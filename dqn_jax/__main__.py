@@ -1,0 +1,125 @@
+"""The command line: ``python -m dqn_jax [overrides]`` (Hydra).
+
+Bad input (a misspelt key, a value of the wrong type, an unknown group option, a
+value out of range) ends with one line on stderr naming what is wrong and what is
+allowed, exit status 2, and nothing written. To get that line out of Hydra's
+multi-line composition errors, stderr is held until the task starts; if Hydra
+exits before that, the held text is folded into one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from dqn_jax import config as config_module
+from dqn_jax.config import ConfigError, register_configs, validate
+
+register_configs()
+
+USAGE_ERROR = 2
+
+
+class _HeldStderr(io.TextIOBase):
+    """Collects what is written to stderr until the app releases it."""
+
+    def __init__(self, real):
+        self.real = real
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def _release_stderr() -> None:
+    if isinstance(sys.stderr, _HeldStderr):
+        held = sys.stderr
+        sys.stderr = held.real
+        sys.stderr.write(held.text())
+
+
+def _allowed_keys(schema_name: str) -> str:
+    node = getattr(config_module, schema_name, None)
+    if node is None or not dataclasses.is_dataclass(node):
+        return ""
+    return "; allowed keys: " + ", ".join(f.name for f in dataclasses.fields(node))
+
+
+def one_line(text: str) -> str:
+    """Fold Hydra's / OmegaConf's multi-line error into one line for the user."""
+    lines = [line.strip() for line in text.splitlines()]
+    kept = []
+    for line in lines:
+        if not line or line.startswith(("Set the environment variable HYDRA_FULL_ERROR",
+                                        "reference_type=", "object_type=", "To append to your")):
+            continue
+        kept.append(line)
+    message = "; ".join(kept)
+    message = re.sub(r"Available options in '([^']+)':; ", r"options for \1: ", message)
+    message = re.sub(r"(options for [^:]+: )(.*)", lambda m: m.group(1) + m.group(2).replace("; ", ", "), message)
+    missing_key = re.search(r"Key '[^']+' not in '(\w+)'", message)
+    if missing_key:
+        message += _allowed_keys(missing_key.group(1))
+    return f"dqn_jax: error: {message}"
+
+
+def _is_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def app(cfg: DictConfig):
+    _release_stderr()
+    try:
+        settings = OmegaConf.to_object(cfg)
+        validate(settings)
+        from dqn_jax.app import run  # JAX and the games load only for a valid config
+
+        return run(settings)
+    except ConfigError as err:
+        if _is_multirun():
+            raise  # Hydra marks this job failed; the sweep's other jobs go on
+        print(f"dqn_jax: error: {err}", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
+
+
+def main() -> None:
+    held = _HeldStderr(sys.stderr)
+    sys.stderr = held
+    try:
+        app()
+    except SystemExit as stop:
+        if sys.stderr is held and stop.code not in (0, None) and held.text().strip():
+            sys.stderr = held.real
+            print(one_line(held.text()), file=sys.stderr)
+            raise SystemExit(USAGE_ERROR) from None
+        raise
+    finally:
+        _release_stderr()
+
+
+if __name__ == "__main__":
+    main()

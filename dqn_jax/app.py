@@ -1,0 +1,170 @@
+"""One launch of dqn_jax: build the parts from a validated config, train or test, close.
+
+Everything that can reject the config (an unknown game, no checkpoint to test)
+happens before anything is written, so a bad command leaves no trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import jax
+import numpy as np
+from omegaconf import OmegaConf
+
+from dqn_jax import agent, display, tracking
+from dqn_jax.checkpoints import Checkpointer
+from dqn_jax.config import ConfigError, num_envs
+from dqn_jax.envs import make_games
+from dqn_jax.learner import create_train_state, make_learner, make_optimizer
+from dqn_jax.logs import read_rewards
+from dqn_jax.networks import make_network
+from dqn_jax.schedules import ControlSignals, linear_signal
+
+
+def _hydra_run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+class Parts:
+    """The network, optimiser and a fresh train state for the games at hand."""
+
+    def __init__(self, cfg, games, seed: int):
+        self.network = make_network(cfg.network, games.num_actions)
+        self.optimizer = make_optimizer(cfg.schedule.rmsprop_decay, cfg.schedule.rmsprop_eps,
+                                        cfg.schedule.rmsprop_initial_scale)
+        shape, dtype = agent.state_spec(cfg.env, games.observation_shape, games.observation_dtype)
+        self.key, init_key = jax.random.split(jax.random.PRNGKey(seed))
+        self.train_state = create_train_state(self.network, init_key, np.zeros((1, *shape), dtype),
+                                              self.optimizer)
+
+
+def run(cfg, run_dir: Path | None = None):
+    """Train or test as ``cfg.mode`` says; returns the sweep objective (or None)."""
+    run_dir = Path(run_dir) if run_dir is not None else _hydra_run_dir()
+    if cfg.mode == "test":
+        return run_test(cfg, run_dir)
+    return run_train(cfg, run_dir)
+
+
+def run_train(cfg, run_dir: Path):
+    games = make_games(cfg.env, num_envs(cfg.env), cfg.seed)
+    tracker = tracking.NullTracker()
+    checkpointer = None
+    status = "FAILED"
+    try:
+        parts = Parts(cfg, games, cfg.seed)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep)
+        train_state, key, counters = parts.train_state, parts.key, agent.Counters()
+        resumed = cfg.checkpoint.resume and checkpointer.latest_step() is not None
+        if resumed:
+            train_state, key, saved = checkpointer.restore(train_state)
+            counters = agent.Counters(**{k: int(v) for k, v in saved.items()})
+            print(f"resuming from {run_dir / 'checkpoints'}: {counters.states} states, "
+                  f"{counters.episodes} episodes")
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        tracker = tracking.start_tracker(cfg, run_dir, run_name=_run_name(cfg),
+                                         parent_run_id=tracking.sweep_parent_run_id(),
+                                         resume=cfg.checkpoint.resume)
+        if resumed:
+            tracker.set_tags({"dqn_jax.resumed_at_states": str(counters.states)})
+        else:
+            tracker.log_params({**tracking.flatten_config(cfg), "derived.num_envs": games.num_envs,
+                                "derived.num_actions": games.num_actions})
+        signals = ControlSignals.from_config(cfg.schedule)
+        learner = make_learner(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
+                               error_threshold=cfg.memory.error_threshold,
+                               min_high_share=cfg.memory.min_high_error_share,
+                               loss_window=cfg.schedule.loss_window)
+        player = agent.Player(parts.network, cfg.env, signals.epsilon)
+        train_state, key, result = agent.train(
+            cfg, games=games, player=player, learner=learner, signals=signals,
+            train_state=train_state, key=key, counters=counters, checkpointer=checkpointer,
+            tracker=tracker, run_dir=run_dir, reward_history=read_rewards(run_dir / "rewards.csv")[-30:])
+        outcome = {"train/mean30": result.last_mean30, "train/states": float(counters.states),
+                   "train/episodes": float(counters.episodes)}
+        if result.last_loss is not None:
+            outcome["train/loss"] = result.last_loss
+        if cfg.test_episodes_after_training and result.stopped_by != "interrupt":
+            test_player = agent.Player(parts.network, cfg.env, _constant(cfg.schedule.epsilon_test))
+            stats = agent.test(cfg, games=games, player=test_player, params=train_state.params,
+                               key=key, episodes=cfg.test_episodes_after_training)
+            outcome.update({f"test/{k}": v for k, v in stats.items()})
+        tracker.log_metrics(outcome, step=counters.states)
+        status = "KILLED" if result.stopped_by == "interrupt" else "FINISHED"
+        _print_summary(f"training stopped ({result.stopped_by})", {**asdict(counters), **outcome})
+        return outcome.get(cfg.objective)
+    finally:
+        _close_run(tracker, run_dir, status, checkpointer, cfg)
+        games.close()
+
+
+def run_test(cfg, run_dir: Path):
+    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep)
+    steps = checkpointer.all_steps()
+    if not steps:
+        raise ConfigError(f"there is no checkpoint to test in {run_dir / 'checkpoints'}; train first "
+                          f"with the same env= and name= (python -m dqn_jax env=... name={cfg.name})")
+    episodes = cfg.episodes or 30
+    sink = display.open_sink(cfg, run_dir)  # may reject render=true without a display
+    games = make_games(cfg.env, min(num_envs(cfg.env), episodes), cfg.seed)
+    parts = Parts(cfg, games, cfg.seed)
+    tracker = tracking.NullTracker()
+    status = "FAILED"
+    try:
+        tracker = tracking.start_tracker(cfg, run_dir / "test", run_name=f"{_run_name(cfg)}-test",
+                                         parent_run_id=tracking.read_run_id(run_dir), resume=False)
+        tracker.log_params({"test.episodes": episodes, "test.epsilon": cfg.schedule.epsilon_test,
+                            "test.checkpoints": cfg.test_checkpoints})
+        player = agent.Player(parts.network, cfg.env, _constant(cfg.schedule.epsilon_test))
+        chosen = steps if cfg.test_checkpoints == "all" else steps[-1:]
+        stats = {}
+        for step in chosen:
+            train_state, key, counters = checkpointer.restore(parts.train_state, step)
+            stats = agent.test(cfg, games=games, player=player, params=train_state.params, key=key,
+                               episodes=episodes, frame_sink=sink if step == steps[-1] else None)
+            tracker.log_metrics({f"test/{k}": v for k, v in stats.items()}, step=int(counters["states"]))
+            _print_summary(f"test of the checkpoint at {int(counters['states'])} states", stats)
+        status = "FINISHED"
+        return stats.get(cfg.objective.removeprefix("test/"))
+    finally:
+        if sink is not None:
+            sink.close()
+            if cfg.video:
+                tracker.log_artifact(run_dir / "test-video.mp4")
+        tracker.finish(status)
+        checkpointer.close()
+        games.close()
+
+
+def _constant(value: float):
+    return linear_signal(value, value, 1)
+
+
+def _run_name(cfg) -> str:
+    return f"{cfg.env.game}-{cfg.name}"
+
+
+def _close_run(tracker, run_dir: Path, status: str, checkpointer, cfg) -> None:
+    for name in ("config.yaml", "rewards.csv", "q_values.csv"):
+        if (run_dir / name).exists():
+            tracker.log_artifact(run_dir / name)
+    if checkpointer is not None:
+        checkpointer.wait()
+        latest = checkpointer.latest_step()
+        if cfg.logger.log_checkpoints and latest is not None:
+            tracker.log_artifacts(run_dir / "checkpoints" / str(latest), f"checkpoints/{latest}")
+        checkpointer.close()
+    tracker.finish(status)
+
+
+def _print_summary(title: str, values: dict) -> None:
+    width = max(len(k) for k in values)
+    print(f"\n{title}")
+    for name, value in values.items():
+        shown = f"{value:.3f}" if isinstance(value, float) and not float(value).is_integer() else f"{value:g}"
+        print(f"  {name:<{width}}  {shown}")

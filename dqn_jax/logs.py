@@ -1,0 +1,89 @@
+"""The tutorial's two log files and its console lines.
+
+``rewards.csv`` holds one row per training episode (episode, states, reward, mean
+of the last 30); ``q_values.csv`` one row per backward sweep (episode, states and
+the min / mean / max / std of the swept Q-values). Both are appended to, so a
+resumed run continues them, and both go to MLflow as artifacts at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+REWARD_FIELDS = ("episode", "states", "reward", "mean30")
+Q_FIELDS = ("episode", "states", "q_min", "q_mean", "q_max", "q_std")
+
+
+class CsvLog:
+    """An append-only CSV file with a fixed header, flushed after each row."""
+
+    def __init__(self, path: Path, fields: tuple[str, ...]):
+        self.path = Path(path)
+        self.fields = fields
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self._file = open(self.path, "a", newline="")  # noqa: SIM115 - closed in close()
+        self._writer = csv.writer(self._file)
+        if new:
+            self._writer.writerow(fields)
+            self._file.flush()
+
+    def write(self, *values) -> None:
+        self._writer.writerow([_fmt(v) for v in values])
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _fmt(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def read_rewards(path: Path) -> list[float]:
+    """The episode rewards of a reward log, to restore the running mean on resume."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [float(row["reward"]) for row in csv.DictReader(f)]
+
+
+class RewardWindow:
+    """The last ``size`` episode scores and their mean (0 when empty)."""
+
+    def __init__(self, size: int = 30, history=()):
+        self.scores: deque[float] = deque(history, maxlen=size)
+
+    def add(self, score: float) -> float:
+        self.scores.append(float(score))
+        return self.mean
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.scores)) if self.scores else 0.0
+
+
+def episode_line(episode: int, states: int, epsilon: float, reward: float, mean: float) -> str:
+    return f"{episode:6d}:{states:<10d} epsilon {epsilon:5.3f}  reward {reward:7.1f}  mean of last 30 {mean:7.2f}"
+
+
+def test_event_line(game: int, episode: int, states: int, q: np.ndarray, lives: int,
+                    reward: float, mean: float) -> str:
+    return (f"game {game:2d} episode {episode:4d}:{states:<9d} Q-min {q.min():7.3f}  "
+            f"Q-max {q.max():7.3f}  lives {lives}  reward {reward:6.1f}  mean {mean:7.2f}")
+
+
+def summary(scores: list[float]) -> dict[str, float]:
+    """min / mean / max / std of episode scores, as the tutorial reports a test."""
+    values = np.asarray(scores, dtype=np.float64)
+    return {
+        "episodes": float(values.size),
+        "min_score": float(values.min()),
+        "mean_score": float(values.mean()),
+        "max_score": float(values.max()),
+        "std_score": float(values.std()),
+    }
