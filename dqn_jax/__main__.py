@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dqn_jax import config as config_module
-from dqn_jax.config import ConfigError, register_configs, validate
+from dqn_jax.config import ConfigError, check_missing, register_configs, validate
 
 register_configs()
 
@@ -94,6 +94,7 @@ def _is_multirun() -> bool:
 def app(cfg: DictConfig):
     _release_stderr()
     try:
+        check_missing(cfg)
         settings = OmegaConf.to_object(cfg)
         validate(settings)
         from dqn_jax.app import run  # JAX and the games load only for a valid config

@@ -155,6 +155,16 @@ CHOICES = {
 }
 
 
+def check_missing(cfg) -> None:
+    """Raise ConfigError naming any key left as ``???`` (for example env.game with env=atari)."""
+    from omegaconf import OmegaConf
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        keys = ", ".join(missing)
+        raise ConfigError(f"{keys} has no value; set it on the command line, e.g. {missing[0]}=...")
+
+
 def _get(cfg, dotted: str):
     for part in dotted.split("."):
         cfg = getattr(cfg, part)

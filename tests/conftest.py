@@ -1,0 +1,55 @@
+"""Shared helpers: compose configs with Hydra's API, run the app in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from dqn_jax.config import register_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Small enough for a 2-core CPU: a tiny network, a tiny memory, 2 games.
+TINY = [
+    "network.conv_features=[4,8]",
+    "network.conv_kernels=[3,3]",
+    "network.conv_strides=[4,4]",
+    "network.dense=[16]",
+    "memory.size=256",
+    "memory.batch_size=16",
+    "env.num_envs=2",
+    "schedule.max_epochs.start=1",
+    "schedule.max_epochs.end=1",
+    "progress=false",
+]
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_config(overrides=(), tmp_path: Path | None = None, to_object: bool = True):
+    register_configs()
+    extra = [f"paths.root={tmp_path}"] if tmp_path is not None else []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*extra, *overrides])
+    return OmegaConf.to_object(cfg) if to_object else cfg
+
+
+def run_app(args, cwd: Path, timeout: float = 600, env_extra=None) -> subprocess.CompletedProcess:
+    """``python -m dqn_jax ARGS`` in a subprocess, everything written under ``cwd``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "dqn_jax", f"paths.root={cwd}", *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def tiny():
+    return list(TINY)
