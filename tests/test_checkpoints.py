@@ -1,0 +1,161 @@
+"""dqn_jax.checkpoints with real Orbax checkpoints of a tiny Flax + Optax train state."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import struct
+
+from dqn_jax.checkpoints import Checkpointer
+
+
+class TinyState(struct.PyTreeNode):
+    params: dict
+    opt_state: optax.OptState
+    updates: jax.Array
+    apply_fn: object = struct.field(pytree_node=False, default=None)
+
+
+def _optimizer():
+    return optax.inject_hyperparams(optax.rmsprop)(
+        learning_rate=1e-3, decay=0.9, eps=1e-10, initial_scale=1.0)
+
+
+def fresh_state() -> TinyState:
+    params = {"dense": {"kernel": jnp.zeros((3, 2)), "bias": jnp.zeros(2)}}
+    return TinyState(params=params, opt_state=_optimizer().init(params), updates=jnp.int32(0))
+
+
+def trained_state(seed: int, updates: int = 3) -> TinyState:
+    """A state after a few real RMSProp updates, so every leaf has moved."""
+    state, tx = fresh_state(), _optimizer()
+    rng = np.random.default_rng(seed)
+    params, opt_state = state.params, state.opt_state
+    for _ in range(updates):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+        step, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, step)
+    opt_state.hyperparams["learning_rate"] = jnp.float32(4e-4)  # as a control signal would
+    return state.replace(params=params, opt_state=opt_state, updates=jnp.int32(updates))
+
+
+def assert_trees_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_empty_directory_has_no_steps_and_is_not_created(tmp_path):
+    ckpt = Checkpointer(tmp_path / "run" / "checkpoints")
+    assert ckpt.latest_step() is None
+    assert ckpt.all_steps() == []
+    with pytest.raises(FileNotFoundError):
+        ckpt.restore(fresh_state())
+    ckpt.close()
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("typed_key", [False, True], ids=["PRNGKey", "typed-key"])
+def test_round_trip_is_exact(tmp_path, typed_key):
+    state = trained_state(seed=0)
+    key = jax.random.key(42) if typed_key else jax.random.PRNGKey(42)
+    key = jax.random.split(key)[1]
+    counters = {"states": 12345, "episodes": 17, "loss": 0.125}
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.save(12345, state, key, counters)
+        ckpt.wait()
+    with Checkpointer(tmp_path) as ckpt:  # a new process would see the same
+        assert ckpt.latest_step() == 12345
+        restored, restored_key, restored_counters = ckpt.restore(fresh_state())
+    assert isinstance(restored, TinyState)
+    assert_trees_equal(restored, state)
+    assert restored.updates.dtype == jnp.int32
+    assert float(restored.opt_state.hyperparams["learning_rate"]) == np.float32(4e-4)
+    assert restored_counters == counters
+    assert type(restored_counters["states"]) is int
+    assert restored_key.dtype == key.dtype
+    if typed_key:
+        np.testing.assert_array_equal(jax.random.key_data(restored_key), jax.random.key_data(key))
+    else:
+        np.testing.assert_array_equal(restored_key, key)
+    # the restored key draws exactly what the saved one would
+    np.testing.assert_array_equal(jax.random.uniform(restored_key, (3,)),
+                                  jax.random.uniform(key, (3,)))
+
+
+def test_keeps_newest_and_restores_a_chosen_step(tmp_path):
+    key = jax.random.PRNGKey(0)
+    with Checkpointer(tmp_path, keep=2) as ckpt:
+        for step in (100, 200, 300):
+            ckpt.save(step, trained_state(seed=step, updates=1), key, {"states": step})
+        assert not ckpt.save(300, fresh_state(), key, {"states": 300})  # not twice
+        ckpt.wait()
+        assert ckpt.all_steps() == [200, 300]
+        state, _, counters = ckpt.restore(fresh_state(), step=200)
+        assert counters == {"states": 200}
+        assert_trees_equal(state, trained_state(seed=200, updates=1))
+        with pytest.raises(FileNotFoundError, match=r"steps saved: \[200, 300\]"):
+            ckpt.restore(fresh_state(), step=100)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["200", "300"]
+
+
+def test_saved_values_survive_donation_after_save(tmp_path):
+    state = trained_state(seed=1)
+    expected = jax.tree.map(np.array, state)
+
+    @jax.jit
+    def bump(s):
+        return jax.tree.map(lambda x: x + 1, s)
+
+    bump_donating = jax.jit(bump, donate_argnums=0)
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state, jax.random.PRNGKey(0), {})
+        state = bump_donating(state)  # the play loop carries on with the buffers
+        restored, _, _ = ckpt.restore(fresh_state())
+    assert_trees_equal(restored, expected)
+
+
+def test_an_interrupted_save_is_never_restored(tmp_path):
+    """Kill a process while Orbax is writing; the last complete checkpoint still restores."""
+    script = textwrap.dedent(f"""
+        import os
+        import jax, jax.numpy as jnp
+        from dqn_jax.checkpoints import Checkpointer
+        from tests.test_checkpoints import trained_state
+        ckpt = Checkpointer({str(tmp_path)!r})
+        ckpt.save(1, trained_state(seed=1), jax.random.PRNGKey(1), {{"states": 1}})
+        ckpt.wait()
+        big = trained_state(seed=2).replace(params={{"dense": {{
+            "kernel": jnp.ones((1500, 1500)), "bias": jnp.ones(1500)}}}})
+        ckpt.save(2, big, jax.random.PRNGKey(2), {{"states": 2}})
+        os._exit(0)  # no wait(): the process dies with the save in flight
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=_repo_root())
+    with Checkpointer(tmp_path) as ckpt:
+        latest = ckpt.latest_step()
+        if latest == 1:  # the usual outcome: only the temporary directory was left
+            leftovers = [p.name for p in tmp_path.iterdir() if p.name != "1"]
+            assert all(".orbax-checkpoint-tmp" in name for name in leftovers)
+            state, _, counters = ckpt.restore(fresh_state())
+            assert counters == {"states": 1}
+            assert_trees_equal(state, trained_state(seed=1))
+            # the next save from this directory clears the leftover
+            ckpt.save(3, trained_state(seed=3), jax.random.PRNGKey(3), {"states": 3})
+            ckpt.wait()
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "3"]
+        else:  # the write won the race; it must then be complete
+            assert latest == 2
+
+
+def _repo_root():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1]
