@@ -27,6 +27,7 @@ TINY = [
     "env.num_envs=2",
     "schedule.max_epochs.start=1",
     "schedule.max_epochs.end=1",
+    "schedule.replay_fraction.start=0.5",
     "progress=false",
 ]
 

@@ -1,0 +1,102 @@
+"""End to end, in subprocesses, on real ale-py games and a real MLflow store."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import TINY, group_options, run_app
+
+
+def client_for(root) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlruns.db")
+
+
+def only_run(client, experiment="dqn_jax/breakout", parent_filter="train"):
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, "the experiment was not created"
+    runs = client.search_runs([exp.experiment_id])
+    train_runs = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    test_runs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return (train_runs if parent_filter == "train" else test_runs)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run on Breakout (800 states), shared by the tests below."""
+    root = tmp_path_factory.mktemp("e2e")
+    result = run_app([*TINY, "steps=800", "name=e2e"], cwd=root)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root, result
+
+
+def test_training_run_is_in_mlflow_with_params_metrics_and_artifacts(trained):
+    root, result = trained
+    client = client_for(root)
+    (run,) = only_run(client)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["memory.size"] == "256"
+    assert params["env.game"] == "breakout"
+    assert params["derived.num_envs"] == "2"
+    assert params["schedule.learning_rate.start"] == "0.001"
+    metrics = run.data.metrics
+    for name in ("episode/score", "episode/mean30", "episode/epsilon", "cycle/loss",
+                 "cycle/iterations", "cycle/learning_rate", "cycle/loss_limit",
+                 "cycle/replay_fraction", "q/mean", "q/std", "cycle/high_error_share",
+                 "cycle/states_per_second", "train/states"):
+        assert name in metrics, name
+    assert metrics["train/states"] >= 800
+    history = client.get_metric_history(run.info.run_id, "episode/score")
+    steps = [m.step for m in history]
+    assert steps == sorted(steps) and len(steps) >= 1
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "rewards.csv", "q_values.csv", "checkpoints"} <= artifacts
+    with open(root / "runs/breakout/e2e/rewards.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(history)
+    assert "training stopped (budget)" in result.stdout
+
+
+def test_rerun_resumes_counters_from_the_checkpoint(trained):
+    root, _ = trained
+    client = client_for(root)
+    (before,) = only_run(client)
+    states_before = before.data.metrics["train/states"]
+    episodes_before = before.data.metrics["train/episodes"]
+    result = run_app([*TINY, "steps=1200", "name=e2e"], cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(rf"resuming from .*: {int(states_before)} states", result.stdout)
+    (after,) = only_run(client)
+    assert after.info.run_id == before.info.run_id  # the same MLflow run continues
+    assert after.data.metrics["train/states"] >= 1200
+    assert after.data.metrics["train/episodes"] >= episodes_before
+    counts = [m.value for m in client.get_metric_history(after.info.run_id, "episode/count")]
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)  # episodes keep counting
+
+
+def test_test_mode_reports_the_tutorials_statistics(trained):
+    root, _ = trained
+    result = run_app([*TINY, "mode=test", "episodes=2", "name=e2e", "progress=true"], cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for word in ("min_score", "mean_score", "max_score", "std_score"):
+        assert word in result.stdout
+    assert "Q-min" in result.stdout and "Q-max" in result.stdout and "lives" in result.stdout
+    client = client_for(root)
+    (train_run,) = only_run(client)
+    tests = only_run(client, parent_filter="test")
+    assert tests and tests[-1].data.tags["mlflow.parentRunId"] == train_run.info.run_id
+    assert tests[-1].data.metrics["test/episodes"] == 2
+
+
+@pytest.mark.parametrize("recipe", group_options("experiment"))
+def test_every_experiment_recipe_runs(tmp_path, recipe):
+    overrides = [f"experiment={recipe}", *TINY, "steps=120", "logger=none"]
+    if recipe == "seed_sweep":
+        overrides.append("hydra.sweeper.params.seed=0,1")
+    result = run_app(overrides, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert list(tmp_path.rglob("checkpoints/*")), "no checkpoint was written"
