@@ -1,0 +1,77 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from dqn_jax.config import NetworkConfig
+from dqn_jax.networks import HvassQNetwork, MLPQNetwork, NatureQNetwork, count_params, make_network
+
+SMALL = dict(conv_features=[4, 8], conv_kernels=[3, 3], conv_strides=[2, 1], dense=[16])
+
+
+def test_default_hvass_parameter_count():
+    network = make_network(NetworkConfig(), num_actions=4)
+    assert isinstance(network, HvassQNetwork)
+    # Shapes only: no need to allocate 38 million floats to count them.
+    params = jax.eval_shape(network.init, jax.random.key(0), jnp.zeros((1, 105, 80, 2), jnp.uint8))
+    total = count_params(params)
+    first_dense = count_params(params["params"]["Dense_0"])
+    assert total == pytest.approx(38.6e6, rel=0.005)
+    assert first_dense == pytest.approx(35.4e6, rel=0.01)
+    # SAME padding: 105x80 -> 53x40 -> 27x20 -> 27x20, 64 channels.
+    assert params["params"]["Dense_0"]["kernel"].shape == (27 * 20 * 64, 1024)
+
+
+@pytest.mark.parametrize("name", ["hvass", "nature"])
+def test_cnn_shapes_dtypes_and_uint8_scaling(name):
+    cfg = NetworkConfig(name=name, **SMALL)
+    network = make_network(cfg, num_actions=3)
+    images = jax.random.randint(jax.random.key(1), (5, 21, 16, 2), 0, 256).astype(jnp.uint8)
+    params = jax.jit(network.init)(jax.random.key(0), images)
+    q = jax.jit(network.apply)(params, images)
+    assert q.shape == (5, 3) and q.dtype == jnp.float32
+    # uint8 input is scaled by 1/255 inside; the same values as floats are used as they are.
+    q_float = jax.jit(network.apply)(params, images.astype(jnp.float32) / 255.0)
+    np.testing.assert_allclose(q, q_float, rtol=1e-5, atol=1e-6)
+
+
+def test_nature_uses_valid_padding():
+    network = make_network(NetworkConfig(name="nature", **SMALL), num_actions=2)
+    params = jax.eval_shape(network.init, jax.random.key(0), jnp.zeros((1, 21, 16, 2), jnp.uint8))
+    assert isinstance(network, NatureQNetwork)
+    # VALID: 21x16 -(3, stride 2)-> 10x7 -(3, stride 1)-> 8x5, 8 channels.
+    assert params["params"]["Dense_0"]["kernel"].shape == (8 * 5 * 8, 16)
+
+
+def test_initialiser_and_zero_biases():
+    network = make_network(NetworkConfig(dense=[256], conv_features=[32], conv_kernels=[3],
+                                         conv_strides=[1], init_stddev=0.02), num_actions=2)
+    params = jax.jit(network.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 2), jnp.uint8))["params"]
+    kernel = np.asarray(params["Dense_0"]["kernel"])
+    assert np.abs(kernel).max() <= 2 * 0.02 + 1e-6  # truncated at two standard deviations
+    assert 0.012 < kernel.std() < 0.02  # truncation shrinks the stddev a little
+    assert all(float(jnp.abs(p["bias"]).max()) == 0.0 for p in params.values())
+
+
+def test_mlp_and_listconfig():
+    cfg = OmegaConf.structured(NetworkConfig(name="mlp", dense=[8, 8], init_stddev=0.0))
+    network = make_network(cfg, num_actions=2)
+    assert isinstance(network, MLPQNetwork) and network.dense == (8, 8)
+    obs = jnp.ones((3, 4), jnp.float32)
+    params = jax.eval_shape(network.init, jax.random.key(0), obs)
+    assert count_params(params) == 4 * 8 + 8 + 8 * 8 + 8 + 8 * 2 + 2
+    assert jax.eval_shape(network.apply, params, obs).shape == (3, 2)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_output():
+    network = make_network(NetworkConfig(dtype="bfloat16", **SMALL), num_actions=3)
+    images = jnp.full((2, 12, 10, 2), 128, jnp.uint8)
+    params = jax.eval_shape(network.init, jax.random.key(0), images)
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
+    assert jax.eval_shape(network.apply, params, images).dtype == jnp.float32
+
+
+def test_unknown_network_name():
+    with pytest.raises(ValueError, match="unknown network"):
+        make_network(NetworkConfig(name="resnet"), num_actions=2)
