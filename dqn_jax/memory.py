@@ -1,0 +1,290 @@
+"""The replay memory: a time x game table of states and what was seen while acting.
+
+Row ``t`` holds one time step of all N games, so one ``add`` writes a whole row and
+each game's column is a contiguous history. The memory is a pytree of device arrays
+and every operation is a pure function over it:
+
+* :func:`add` writes the next row (jit it with the memory donated: :data:`add_jit`);
+* :func:`sweep` walks each game's history backwards and turns the Q-values estimated
+  while acting into training targets (the tutorial's backward sweep), exactly, either
+  with a sequential ``lax.scan`` or in parallel with ``lax.associative_scan``;
+* :func:`sample_indices` and :func:`gather_batch` draw error-split batches.
+
+States keep their own dtype (uint8 images), the network scales them; the memory never
+holds a float copy. Rows at and after ``count`` are stale and ignored everywhere.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+# Stands in for "no other action" in the max-plus maps; finite so that 0 * NEG is 0, not nan.
+NEG = -1e30
+
+
+@flax.struct.dataclass
+class ReplayMemory:
+    states: jax.Array  # (T, N, *state_shape), the state dtype (uint8 for images)
+    q_values: jax.Array  # float32 (T, N, A): estimated while acting, targets after a sweep
+    actions: jax.Array  # int32 (T, N)
+    rewards: jax.Array  # float32 (T, N), clipped
+    end_life: jax.Array  # bool (T, N): a life was lost at this step (terminal for the sweep)
+    end_episode: jax.Array  # bool (T, N)
+    errors: jax.Array  # float32 (T, N): |target - estimate| from the last sweep
+    count: jax.Array  # int32 scalar: rows in use
+
+    @property
+    def steps(self) -> int:
+        """Rows (time steps) the memory holds."""
+        return self.actions.shape[0]
+
+    @property
+    def num_games(self) -> int:
+        return self.actions.shape[1]
+
+    @property
+    def capacity(self) -> int:
+        """States the memory holds when full (rows x games)."""
+        return self.steps * self.num_games
+
+    @property
+    def num_actions(self) -> int:
+        return self.q_values.shape[-1]
+
+
+def init_memory(steps: int, num_games: int, state_shape, state_dtype, num_actions: int) -> ReplayMemory:
+    """An empty memory of ``steps`` rows for ``num_games`` games."""
+    tn = (int(steps), int(num_games))
+    return ReplayMemory(
+        states=jnp.zeros(tn + tuple(state_shape), dtype=state_dtype),
+        q_values=jnp.zeros(tn + (int(num_actions),), jnp.float32),
+        actions=jnp.zeros(tn, jnp.int32),
+        rewards=jnp.zeros(tn, jnp.float32),
+        end_life=jnp.zeros(tn, bool),
+        end_episode=jnp.zeros(tn, bool),
+        errors=jnp.zeros(tn, jnp.float32),
+        count=jnp.zeros((), jnp.int32),
+    )
+
+
+def add(memory: ReplayMemory, states, q_values, actions, rewards, end_life, end_episode,
+        reward_clip=1.0) -> ReplayMemory:
+    """Write one time step of all games into row ``count`` and advance ``count``.
+
+    Rewards are stored clipped to [-reward_clip, reward_clip]. Adding to a full memory
+    writes nothing and leaves ``count`` at ``steps``: sweep and reset before that.
+    """
+    row = memory.count
+
+    def put(table, value):
+        return table.at[row].set(jnp.asarray(value, table.dtype), mode="drop")
+
+    clipped = jnp.clip(jnp.asarray(rewards, jnp.float32), -reward_clip, reward_clip)
+    return memory.replace(
+        states=put(memory.states, states),
+        q_values=put(memory.q_values, q_values),
+        actions=put(memory.actions, actions),
+        rewards=put(memory.rewards, clipped),
+        end_life=put(memory.end_life, end_life),
+        end_episode=put(memory.end_episode, end_episode),
+        count=jnp.minimum(row + 1, memory.steps).astype(jnp.int32),
+    )
+
+
+# The memory is donated so the (multi-GB) buffers are updated in place.
+add_jit = jax.jit(add, donate_argnums=0)
+
+
+def reset(memory: ReplayMemory) -> ReplayMemory:
+    """Empty the memory (count 0) without reallocating it."""
+    return memory.replace(count=jnp.zeros((), jnp.int32))
+
+
+def used_fraction(rows: int, steps: int) -> float:
+    """Host-side: the fraction of the memory in use, from a row count kept on the host."""
+    return rows / steps
+
+
+def is_full(rows: int, steps: int) -> bool:
+    return rows >= steps
+
+
+def used_rows_mask(memory: ReplayMemory) -> jax.Array:
+    """bool (T, N): true for states in rows 0..count-1."""
+    rows = jnp.arange(memory.steps) < memory.count
+    return jnp.broadcast_to(rows[:, None], (memory.steps, memory.num_games))
+
+
+# ---------------------------------------------------------------------------- sweep
+
+
+def _sweep_scan(q, actions, rewards, done, count, discount):
+    """Sequential form: carry max_a Q[k+1] (already updated) backwards over time."""
+    steps = q.shape[0]
+    q_taken = jnp.take_along_axis(q, actions[..., None], axis=-1)[..., 0]
+
+    def step(next_max, row):
+        k, q_k, a_k, r_k, d_k, qa_k = row
+        target = r_k + jnp.where(d_k, 0.0, discount * next_max)
+        updated = q_k.at[jnp.arange(q_k.shape[0]), a_k].set(target)
+        inner = k < count - 1  # rows with a successor in this sweep
+        new_q = jnp.where(inner, updated, q_k)
+        error = jnp.where(inner, jnp.abs(target - qa_k), 0.0)
+        return jnp.max(new_q, axis=-1), (new_q, error)
+
+    rows = (jnp.arange(steps), q, actions, rewards, done, q_taken)
+    init = jnp.zeros(q.shape[1], q.dtype)
+    _, (new_q, errors) = jax.lax.scan(step, init, rows, reverse=True)
+    return new_q, errors
+
+
+def _compose(later, earlier):
+    """earlier ∘ later for maps x -> max(c, a*x + b) with a >= 0.
+
+    ``lax.associative_scan(reverse=True)`` calls this with the accumulated later part
+    first, so the result is applied to the far end's value first.
+    """
+    a2, b2, c2 = later
+    a1, b1, c1 = earlier
+    return a1 * a2, a1 * b2 + b1, jnp.maximum(c1, a1 * c2 + b1)
+
+
+def _sweep_associative(q, actions, rewards, done, count, discount):
+    """Parallel form: M_k = max_a Q'[k] obeys M_k = max(c_k, r_k + a_k * M_{k+1})."""
+    steps, _, num_actions = q.shape
+    k = jnp.arange(steps)[:, None]
+    taken = jax.nn.one_hot(actions, num_actions, dtype=bool)
+    q_taken = jnp.sum(jnp.where(taken, q, 0.0), axis=-1)
+    best_other = jnp.max(jnp.where(taken, NEG, q), axis=-1)  # c_k
+    slope = jnp.where(done, 0.0, discount).astype(q.dtype)  # a_k
+    inner = k < count - 1
+    last = k == count - 1
+    # Row count-1 is the end of each sequence: a constant map giving its own max Q.
+    # Rows after it are identity maps; they never reach rows before count-1.
+    a = jnp.where(inner, slope, jnp.where(last, 0.0, 1.0))
+    b = jnp.where(inner, rewards, jnp.where(last, jnp.max(q, axis=-1), 0.0))
+    c = jnp.where(inner, best_other, NEG)
+    a_all, b_all, c_all = jax.lax.associative_scan(_compose, (a, b, c), reverse=True)
+    # Applied to x = 0 (any x works: every used row's composition ends in a constant map).
+    row_max = jnp.maximum(c_all, b_all)
+    next_max = jnp.concatenate([row_max[1:], jnp.zeros_like(row_max[:1])], axis=0)
+    target = rewards + slope * next_max
+    new_q = jnp.where(inner[..., None] & taken, target[..., None], q)
+    errors = jnp.where(inner, jnp.abs(target - q_taken), 0.0)
+    return new_q, errors
+
+
+_SWEEPS = {"scan": _sweep_scan, "associative": _sweep_associative}
+
+
+@partial(jax.jit, static_argnames="method", donate_argnums=0)
+def sweep(memory: ReplayMemory, discount, method: str = "associative") -> tuple[ReplayMemory, dict]:
+    """The backward sweep: Q-values estimated while acting become training targets.
+
+    Per game, for k from count-2 down to 0: target = r[k] if the step ended a life or
+    an episode, else r[k] + discount * max_a Q[k+1] (Q[k+1] as already updated);
+    errors[k] = |target - Q[k, action[k]]|; Q[k, action[k]] = target. Row count-1 keeps
+    its Q-values with error 0; rows from count on are left alone. ``count`` is traced,
+    so one compilation serves every fill level.
+
+    The memory is DONATED: use the returned memory, not the one passed in.
+    Returns the memory and a dict of scalar statistics over the used rows.
+    """
+    if method not in _SWEEPS:
+        raise ValueError(f"unknown sweep method {method!r}; choose one of {sorted(_SWEEPS)}")
+    count = memory.count
+    done = memory.end_life | memory.end_episode
+    new_q, new_err = _SWEEPS[method](
+        memory.q_values, memory.actions, memory.rewards, done, count,
+        jnp.asarray(discount, memory.q_values.dtype),
+    )
+    used = jnp.arange(memory.steps)[:, None] < count  # (T, 1)
+    errors = jnp.where(used, new_err, memory.errors)
+    memory = memory.replace(q_values=new_q, errors=errors)
+    return memory, _sweep_stats(memory, used)
+
+
+def _sweep_stats(memory: ReplayMemory, used: jax.Array) -> dict:
+    used_states = jnp.broadcast_to(used, memory.actions.shape)
+    used_q = jnp.broadcast_to(used[..., None], memory.q_values.shape)
+    n_states = jnp.maximum(jnp.sum(used_states), 1)
+    n_q = jnp.maximum(jnp.sum(used_q), 1)
+    q = memory.q_values
+    q_mean = jnp.sum(jnp.where(used_q, q, 0.0)) / n_q
+    q_var = jnp.sum(jnp.where(used_q, (q - q_mean) ** 2, 0.0)) / n_q
+    any_used = jnp.any(used_q)  # an empty memory reports zeros rather than +-inf
+    return {
+        "q_min": jnp.where(any_used, jnp.min(jnp.where(used_q, q, jnp.inf)), 0.0),
+        "q_mean": q_mean,
+        "q_max": jnp.where(any_used, jnp.max(jnp.where(used_q, q, -jnp.inf)), 0.0),
+        "q_std": jnp.sqrt(q_var),
+        "error_mean": jnp.sum(jnp.where(used_states, memory.errors, 0.0)) / n_states,
+        "error_max": jnp.max(jnp.where(used_states, memory.errors, 0.0)),
+        "reward_nonzero_share": jnp.sum(used_states & (memory.rewards != 0)) / n_states,
+    }
+
+
+# ------------------------------------------------------------------------- sampling
+
+
+def high_error_share(errors_flat, used_mask, threshold) -> jax.Array:
+    """Fraction of the used states whose error is at least ``threshold``."""
+    high = used_mask & (errors_flat >= threshold)
+    return jnp.sum(high) / jnp.maximum(jnp.sum(used_mask), 1)
+
+
+def sample_indices(key, errors_flat, used_mask, threshold, min_high_share, batch_size: int):
+    """Flat indices (into T*N) of one error-split batch, int32 (batch_size,).
+
+    Among the used states, "low error" means error < threshold, "high error" the rest.
+    The batch takes n_hi = int(max(high share, min_high_share) * batch_size) high-error
+    states and n_lo = batch_size - n_hi low-error ones, each group drawn without
+    replacement, so no state appears twice.
+
+    A group holding fewer states than its quota gives all of them and the other group
+    fills the rest of the batch. Only when the used memory holds fewer states than a
+    batch do states repeat (each used state then appears about equally often). The
+    result is undefined for an empty memory.
+    """
+    batch_size = int(batch_size)
+    errors_flat = errors_flat.reshape(-1)
+    used_mask = used_mask.reshape(-1)
+    high = used_mask & (errors_flat >= threshold)
+    low = used_mask & (errors_flat < threshold)
+    n_used = jnp.sum(used_mask, dtype=jnp.int32)
+    hi_avail = jnp.sum(high, dtype=jnp.int32)
+    lo_avail = jnp.sum(low, dtype=jnp.int32)
+
+    # int(max(share, m) * B) == max(floor(share * B), floor(m * B)); the first in exact integers.
+    from_share = (hi_avail * batch_size) // jnp.maximum(n_used, 1)
+    from_min = jnp.floor(min_high_share * batch_size).astype(jnp.int32)
+    n_hi = jnp.minimum(jnp.maximum(from_share, from_min), batch_size)
+    # Short groups: take what exists and let the other group make up the difference.
+    n_hi = jnp.clip(n_hi, batch_size - lo_avail, hi_avail)
+    n_lo = jnp.minimum(batch_size - n_hi, lo_avail)
+
+    # A uniform random key per state; the top batch_size keys inside a group are a
+    # uniform sample without replacement, in random order. Out-of-group states get -1.
+    u = jax.random.uniform(key, errors_flat.shape)
+    scores = jnp.stack([jnp.where(high, u, -1.0), jnp.where(low, u, -1.0)])
+    _, top = jax.lax.top_k(scores, min(batch_size, errors_flat.shape[0]))
+    top = jnp.pad(top, ((0, 0), (0, batch_size - top.shape[1])))
+
+    # Position j takes the j-th high-error pick, then the low-error picks; when the
+    # memory is smaller than a batch, positions wrap around the n_hi + n_lo distinct picks.
+    pos = jnp.arange(batch_size) % jnp.maximum(n_hi + n_lo, 1)
+    from_high = pos < n_hi
+    idx = jnp.where(from_high, top[0, pos], top[1, jnp.clip(pos - n_hi, 0, batch_size - 1)])
+    return idx.astype(jnp.int32)
+
+
+def gather_batch(memory: ReplayMemory, idx) -> tuple[jax.Array, jax.Array]:
+    """States and Q-targets at flat indices ``idx`` (flat index = t * num_games + game)."""
+    tn = memory.capacity
+    states = memory.states.reshape((tn,) + memory.states.shape[2:])[idx]
+    targets = memory.q_values.reshape(tn, memory.num_actions)[idx]
+    return states, targets

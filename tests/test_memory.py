@@ -1,0 +1,209 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dqn_jax import memory as M
+
+
+def reference_sweep(q, actions, rewards, done, count, discount):
+    """The tutorial's rule, one state at a time, per game."""
+    q = np.array(q, np.float64)
+    errors = np.zeros(q.shape[:2])
+    for game in range(q.shape[1]):
+        for k in range(count - 2, -1, -1):
+            a = actions[k, game]
+            if done[k, game]:
+                target = rewards[k, game]
+            else:
+                target = rewards[k, game] + discount * q[k + 1, game].max()
+            errors[k, game] = abs(target - q[k, game, a])
+            q[k, game, a] = target
+    return q, errors
+
+
+def random_memory(rng, steps, games, actions, count, terminal_p=0.1):
+    memory = M.init_memory(steps, games, (2,), jnp.uint8, actions)
+    return memory.replace(
+        states=jnp.asarray(rng.integers(0, 256, (steps, games, 2)), jnp.uint8),
+        q_values=jnp.asarray(rng.normal(size=(steps, games, actions)), jnp.float32),
+        actions=jnp.asarray(rng.integers(0, actions, (steps, games)), jnp.int32),
+        rewards=jnp.asarray(rng.choice([-1.0, 0.0, 0.0, 1.0], (steps, games)), jnp.float32),
+        end_life=jnp.asarray(rng.random((steps, games)) < terminal_p / 2),
+        end_episode=jnp.asarray(rng.random((steps, games)) < terminal_p / 2),
+        errors=jnp.full((steps, games), 7.0, jnp.float32),  # stale values beyond count must survive
+        count=jnp.int32(count),
+    )
+
+
+def copy(memory):
+    """sweep donates its memory; keep the original for comparisons."""
+    return jax.tree_util.tree_map(jnp.copy, memory)
+
+
+# --------------------------------------------------------------------- storage
+
+
+def test_add_reset_and_count():
+    memory = M.init_memory(3, 2, (4, 4, 2), jnp.uint8, 5)
+    assert (memory.steps, memory.num_games, memory.capacity, memory.num_actions) == (3, 2, 6, 5)
+    assert memory.states.dtype == jnp.uint8 and memory.q_values.dtype == jnp.float32
+    for t in range(2):
+        memory = M.add_jit(
+            memory, jnp.full((2, 4, 4, 2), t + 1, jnp.uint8), jnp.full((2, 5), 0.5 * t),
+            jnp.array([1, 2]), jnp.array([3.0, -0.25]), jnp.array([False, True]),
+            jnp.array([True, False]),
+        )
+    assert int(memory.count) == 2
+    np.testing.assert_array_equal(memory.states[1, 0, 0, 0], [2, 2])
+    np.testing.assert_array_equal(memory.rewards[1], [1.0, -0.25])  # clipped to [-1, 1]
+    np.testing.assert_array_equal(memory.actions[0], [1, 2])
+    np.testing.assert_array_equal(memory.end_life[0], [False, True])
+    np.testing.assert_array_equal(memory.end_episode[0], [True, False])
+    assert int(memory.states[2].max()) == 0  # untouched row
+    memory = M.reset(memory)
+    assert int(memory.count) == 0 and memory.states.shape == (3, 2, 4, 4, 2)
+
+
+def test_add_to_full_memory_writes_nothing():
+    memory = M.init_memory(2, 1, (1,), jnp.float32, 2)
+    for value in (1.0, 2.0, 3.0):
+        memory = M.add(memory, jnp.full((1, 1), value), jnp.zeros((1, 2)), jnp.zeros(1, jnp.int32),
+                       jnp.array([5.0]), jnp.zeros(1, bool), jnp.zeros(1, bool), reward_clip=2.0)
+    assert int(memory.count) == 2
+    np.testing.assert_array_equal(memory.states[:, 0, 0], [1.0, 2.0])
+    np.testing.assert_array_equal(memory.rewards[:, 0], [2.0, 2.0])
+
+
+def test_host_helpers():
+    assert M.used_fraction(50, 200) == 0.25
+    assert M.is_full(200, 200) and not M.is_full(199, 200)
+
+
+# ----------------------------------------------------------------------- sweep
+
+
+def test_tutorial_worked_example():
+    # NOOP (action 0) in state t estimated at 2.9; the step scores 4 points, stored as 1;
+    # the best Q-value of state t+1 is 1.83; the new estimate is 1 + 0.97 * 1.83 = 2.7751.
+    memory = M.init_memory(2, 1, (1,), jnp.uint8, 4)
+    memory = M.add(memory, jnp.zeros((1, 1)), jnp.array([[2.9, 0.5, 1.0, 2.0]]), jnp.array([0]),
+                   jnp.array([4.0]), jnp.array([False]), jnp.array([False]))
+    memory = M.add(memory, jnp.zeros((1, 1)), jnp.array([[1.83, 0.2, 1.1, -0.3]]), jnp.array([2]),
+                   jnp.array([0.0]), jnp.array([False]), jnp.array([False]))
+    for method in ("scan", "associative"):
+        swept, _ = M.sweep(copy(memory), 0.97, method)
+        assert float(swept.q_values[0, 0, 0]) == pytest.approx(2.7751, abs=1e-5)
+        assert float(swept.errors[0, 0]) == pytest.approx(2.9 - 2.7751, abs=1e-5)
+        np.testing.assert_allclose(swept.q_values[0, 0, 1:], [0.5, 1.0, 2.0])
+        np.testing.assert_allclose(swept.q_values[1], memory.q_values[1])  # newest row untouched
+        assert float(swept.errors[1, 0]) == 0.0
+
+
+@pytest.mark.parametrize("method", ["scan", "associative"])
+@pytest.mark.parametrize("count", [0, 1, 2, 23, 40])
+def test_sweep_matches_reference(method, count):
+    rng = np.random.default_rng(count)
+    memory = random_memory(rng, steps=40, games=3, actions=4, count=count)
+    done = np.asarray(memory.end_life | memory.end_episode)
+    want_q, want_err = reference_sweep(np.asarray(memory.q_values), np.asarray(memory.actions),
+                                       np.asarray(memory.rewards), done, count, 0.97)
+    swept, stats = M.sweep(copy(memory), 0.97, method)
+    np.testing.assert_allclose(swept.q_values, want_q, atol=1e-5)
+    np.testing.assert_allclose(swept.errors[:count], want_err[:count], atol=1e-5)
+    np.testing.assert_array_equal(swept.errors[count:], 7.0)  # rows >= count left alone
+    if count:
+        used_q = want_q[:count]
+        assert float(stats["q_min"]) == pytest.approx(used_q.min(), abs=1e-5)
+        assert float(stats["q_max"]) == pytest.approx(used_q.max(), abs=1e-5)
+        assert float(stats["q_mean"]) == pytest.approx(used_q.mean(), abs=1e-5)
+        assert float(stats["q_std"]) == pytest.approx(used_q.std(), abs=1e-4)
+        assert float(stats["error_mean"]) == pytest.approx(want_err[:count].mean(), abs=1e-5)
+        assert float(stats["error_max"]) == pytest.approx(want_err[:count].max(), abs=1e-5)
+        share = np.mean(np.asarray(memory.rewards)[:count] != 0)
+        assert float(stats["reward_nonzero_share"]) == pytest.approx(share)
+
+
+def test_associative_long_chain_without_terminals():
+    rng = np.random.default_rng(5)
+    memory = random_memory(rng, steps=300, games=2, actions=3, count=290, terminal_p=0.0)
+    done = np.zeros((300, 2), bool)
+    want_q, _ = reference_sweep(np.asarray(memory.q_values), np.asarray(memory.actions),
+                                np.asarray(memory.rewards), done, 290, 0.99)
+    swept, _ = M.sweep(copy(memory), 0.99, "associative")
+    np.testing.assert_allclose(swept.q_values, want_q, atol=1e-4)
+
+
+def test_sweep_compiles_once_for_every_fill_level():
+    rng = np.random.default_rng(1)
+    before = M.sweep._cache_size()
+    for count in (3, 11, 17):
+        M.sweep(random_memory(rng, 17, 2, 3, count), 0.97, "associative")
+    assert M.sweep._cache_size() - before <= 1
+
+
+# -------------------------------------------------------------------- sampling
+
+
+def draw(errors, used, threshold=0.1, min_high=0.5, batch=128, seed=0):
+    return np.asarray(M.sample_indices(jax.random.key(seed), jnp.asarray(errors, jnp.float32),
+                                       jnp.asarray(used), threshold, min_high, batch))
+
+
+@pytest.mark.parametrize("high_share", [0.1, 0.5, 0.7, 0.93])
+def test_group_quotas_and_no_repeats(high_share):
+    rng = np.random.default_rng(0)
+    n = 1000
+    errors = np.where(rng.random(n) < high_share, 0.5, 0.01)
+    errors[-200:] = 9.0  # unused states, all "high": must never be drawn
+    used = np.arange(n) < 800
+    share = float(np.mean(errors[used] >= 0.1))
+    idx = draw(errors, used)
+    assert idx.dtype == np.int32 and idx.shape == (128,)
+    assert len(set(idx.tolist())) == 128
+    assert used[idx].all()
+    assert np.sum(errors[idx] >= 0.1) == int(max(share, 0.5) * 128)
+    assert float(M.high_error_share(jnp.asarray(errors), jnp.asarray(used), 0.1)) == pytest.approx(share)
+
+
+def test_batches_differ_and_cover_groups():
+    errors = np.r_[np.full(300, 1.0), np.full(300, 0.0)]
+    seen = set()
+    for seed in range(5):
+        seen.update(draw(errors, np.ones(600, bool), seed=seed).tolist())
+    assert len(seen) > 400
+
+
+@pytest.mark.parametrize("n_high", [0, 10, 400])
+def test_short_group_gives_all_and_other_fills(n_high):
+    errors = np.r_[np.full(n_high, 1.0), np.full(400 - n_high, 0.0)] if n_high < 400 else np.ones(400)
+    idx = draw(errors, np.ones(400, bool))
+    assert len(set(idx.tolist())) == 128
+    # n_high = 10: share 10/400 < 0.5, quota 64 > 10: all 10 high states, 118 low ones.
+    assert np.sum(errors[idx] >= 0.1) == min(n_high, 128)
+
+
+def test_short_low_group():
+    errors = np.r_[np.full(190, 1.0), np.full(5, 0.0)]
+    idx = draw(errors, np.ones(195, bool))
+    assert len(set(idx.tolist())) == 128
+    assert np.sum(errors[idx] < 0.1) <= 5
+
+
+def test_memory_smaller_than_batch_repeats_evenly():
+    errors = np.r_[np.full(3, 1.0), np.full(47, 0.0), np.full(50, 1.0)]
+    used = np.arange(100) < 50
+    idx = draw(errors, used)
+    assert used[idx].all()
+    counts = np.bincount(idx, minlength=50)[:50]
+    assert counts.min() >= 2 and counts.max() <= 3  # 128 = 2.56 draws per used state
+
+
+def test_gather_batch_flat_index():
+    memory = M.init_memory(3, 2, (1,), jnp.uint8, 2)
+    memory = memory.replace(states=jnp.arange(6, dtype=jnp.uint8).reshape(3, 2, 1),
+                            q_values=jnp.arange(12, dtype=jnp.float32).reshape(3, 2, 2))
+    states, targets = M.gather_batch(memory, jnp.array([5, 0, 3]))
+    assert states.dtype == jnp.uint8
+    np.testing.assert_array_equal(states[:, 0], [5, 0, 3])  # flat index = t * games + game
+    np.testing.assert_array_equal(targets, [[10, 11], [0, 1], [6, 7]])
