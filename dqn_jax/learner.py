@@ -1,0 +1,200 @@
+"""Training the Q-network: the train state, one jitted update, and the optimise loop.
+
+The optimiser is RMSProp as TensorFlow 1 defined it, with the learning rate held in
+the optimiser state (``optax.inject_hyperparams``) so the schedule can change it every
+cycle without recompiling. :class:`Learner` compiles two functions once, from static
+numbers and the network module only (never a config object):
+
+* ``update``: one gradient step on a batch;
+* the optimise chunk: up to ``chunk`` iterations of sample -> gather -> update inside
+  ``lax.while_loop``, so the host only syncs once per chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from dqn_jax import memory as mem
+
+
+def make_optimizer(decay: float = 0.9, eps: float = 1e-10, initial_scale: float = 1.0):
+    """RMSProp with TF1 semantics: ms = decay*ms + (1-decay)*g^2, step = -lr*g/sqrt(ms+eps).
+
+    The accumulator starts at ``initial_scale`` (TF1: 1.0) and there is no momentum. The
+    learning rate lives in ``opt_state.hyperparams["learning_rate"]``.
+    """
+    return optax.inject_hyperparams(optax.rmsprop)(
+        learning_rate=1e-3, decay=decay, eps=eps, initial_scale=initial_scale, eps_in_sqrt=True
+    )
+
+
+@flax.struct.dataclass
+class TrainState:
+    params: dict  # the network's variables, as ``network.init`` returns them: apply(params, x)
+    opt_state: optax.OptState
+    updates: jax.Array  # int32 scalar: gradient steps taken
+
+
+def create_train_state(network: nn.Module, key, sample_input, optimizer) -> TrainState:
+    """Initialise the network's variables from ``key`` and the optimiser state for them."""
+    params = network.init(key, sample_input)
+    return TrainState(params=params, opt_state=optimizer.init(params), updates=jnp.zeros((), jnp.int32))
+
+
+def q_loss(params, apply_fn: Callable, states, targets) -> jax.Array:
+    """Squared error between predicted and target Q-rows, summed over actions, mean over the batch."""
+    q = apply_fn(params, states)
+    return jnp.mean(jnp.sum(jnp.square(q - targets), axis=-1))
+
+
+def set_learning_rate(opt_state, learning_rate):
+    """A copy of an ``inject_hyperparams`` state with a new learning rate."""
+    hyper = dict(opt_state.hyperparams)
+    hyper["learning_rate"] = jnp.asarray(learning_rate, hyper["learning_rate"].dtype)
+    return opt_state._replace(hyperparams=hyper)
+
+
+class OptimiseResult(NamedTuple):
+    iterations: int
+    epochs: float  # iterations / iterations per epoch
+    mean_loss: float  # mean of the last (at most loss_window) batch losses
+    high_error_share: float  # share of used states with error >= the threshold
+    max_iterations: int
+
+
+class Learner:
+    """Jitted training functions for one network, optimiser and batch geometry.
+
+    ``trace_counts`` counts how often each function was traced; after warm-up it stays
+    at one per function however the learning rate, loss limit or epochs change.
+    """
+
+    def __init__(self, network: nn.Module, optimizer, batch_size: int, error_threshold: float,
+                 min_high_share: float, loss_window: int = 100, chunk: int = 256):
+        self.network = network
+        self.optimizer = optimizer
+        self.batch_size = int(batch_size)
+        self.error_threshold = float(error_threshold)
+        self.min_high_share = float(min_high_share)
+        self.loss_window = int(loss_window)
+        self.chunk = int(chunk)
+        self.trace_counts = {"update": 0, "optimise_chunk": 0}
+        self._update_jit = jax.jit(self._update_traced, donate_argnums=0)
+        self._chunk_jit = jax.jit(self._chunk_traced, donate_argnums=0)
+
+    # ------------------------------------------------------------------ one update
+
+    def _step(self, train_state: TrainState, states, targets, learning_rate):
+        opt_state = set_learning_rate(train_state.opt_state, learning_rate)
+        loss, grads = jax.value_and_grad(q_loss)(train_state.params, self.network.apply, states, targets)
+        updates, opt_state = self.optimizer.update(grads, opt_state, train_state.params)
+        params = optax.apply_updates(train_state.params, updates)
+        new_state = TrainState(params=params, opt_state=opt_state, updates=train_state.updates + 1)
+        return new_state, loss
+
+    def _update_traced(self, train_state, states, targets, learning_rate):
+        self.trace_counts["update"] += 1  # runs only while tracing
+        return self._step(train_state, states, targets, learning_rate)
+
+    def update(self, train_state: TrainState, states, targets, learning_rate) -> tuple[TrainState, jax.Array]:
+        """One RMSProp step on a batch. ``train_state`` is donated; use the returned one."""
+        return self._update_jit(train_state, states, targets, jnp.asarray(learning_rate, jnp.float32))
+
+    # ------------------------------------------------------------- optimise loop
+
+    def _chunk_traced(self, train_state, memory, key, iteration, ring, learning_rate, loss_limit,
+                      min_iters, max_iters):
+        self.trace_counts["optimise_chunk"] += 1
+        window = self.loss_window
+        errors = memory.errors.reshape(-1)
+        used = mem.used_rows_mask(memory).reshape(-1)
+        stop_at = jnp.minimum(iteration + self.chunk, max_iters)
+
+        def mean_loss(i, ring):
+            filled = jnp.minimum(i, window)
+            return jnp.sum(jnp.where(jnp.arange(window) < filled, ring, 0.0)) / jnp.maximum(filled, 1)
+
+        def is_done(i, ring):
+            converged = (i >= min_iters) & (mean_loss(i, ring) < loss_limit)
+            return (i >= max_iters) | converged
+
+        def cond(carry):
+            _, _, i, ring, done = carry
+            return (~done) & (i < stop_at)
+
+        def body(carry):
+            ts, key, i, ring, _ = carry
+            key, sample_key = jax.random.split(key)
+            idx = mem.sample_indices(sample_key, errors, used, self.error_threshold,
+                                     self.min_high_share, self.batch_size)
+            states, targets = mem.gather_batch(memory, idx)
+            ts, loss = self._step(ts, states, targets, learning_rate)
+            ring = ring.at[i % window].set(loss)
+            i = i + 1
+            return ts, key, i, ring, is_done(i, ring)
+
+        carry = (train_state, key, iteration, ring, is_done(iteration, ring))
+        train_state, key, iteration, ring, done = jax.lax.while_loop(cond, body, carry)
+        share = mem.high_error_share(errors, used, self.error_threshold)
+        return train_state, key, iteration, ring, done, mean_loss(iteration, ring), share
+
+    def iteration_limits(self, used_states: int, min_epochs: float, max_epochs: float):
+        """(iterations per epoch, min iterations, max iterations) for a memory of ``used_states``."""
+        per_epoch = used_states / self.batch_size
+        min_iters = max(1, int(per_epoch * min_epochs))
+        max_iters = max(min_iters, int(per_epoch * max_epochs))
+        return per_epoch, min_iters, max_iters
+
+    def optimise(self, train_state: TrainState, memory: mem.ReplayMemory, key, *, learning_rate,
+                 loss_limit, max_epochs, min_epochs: float = 1.0,
+                 progress: Callable[[int, int, float], None] | None = None):
+        """Train on error-split batches from a swept memory until the loss limit or max epochs.
+
+        Runs at least ``min_epochs`` and at most ``max_epochs`` epochs (one epoch = used
+        states / batch size iterations). After the minimum it stops as soon as the mean
+        of the last ``loss_window`` batch losses is below ``loss_limit``. ``progress`` is
+        called between chunks with (iterations done, max iterations, mean loss).
+        ``train_state`` is donated. Returns (train_state, key, OptimiseResult).
+        """
+        used_states = int(memory.count) * memory.num_games
+        per_epoch, min_iters, max_iters = self.iteration_limits(used_states, min_epochs, max_epochs)
+        if used_states == 0:
+            return train_state, key, OptimiseResult(0, 0.0, float("nan"), 0.0, 0)
+        f32, i32 = jnp.float32, jnp.int32
+        iteration = jnp.zeros((), i32)
+        ring = jnp.zeros((self.loss_window,), f32)
+        args = (jnp.asarray(learning_rate, f32), jnp.asarray(loss_limit, f32),
+                jnp.asarray(min_iters, i32), jnp.asarray(max_iters, i32))
+        while True:
+            train_state, key, iteration, ring, done, mean_loss, share = self._chunk_jit(
+                train_state, memory, key, iteration, ring, *args)
+            done_host, iters_host, loss_host = jax.device_get((done, iteration, mean_loss))
+            if progress is not None:
+                progress(int(iters_host), max_iters, float(loss_host))
+            if done_host:
+                break
+        result = OptimiseResult(
+            iterations=int(iters_host),
+            epochs=int(iters_host) / per_epoch,
+            mean_loss=float(loss_host),
+            high_error_share=float(share),
+            max_iterations=max_iters,
+        )
+        return train_state, key, result
+
+    def cache_sizes(self) -> dict[str, int]:
+        """Compiled variants held by each jitted function (1 each once warm)."""
+        return {"update": self._update_jit._cache_size(), "optimise_chunk": self._chunk_jit._cache_size()}
+
+
+def make_learner(network: nn.Module, optimizer, batch_size: int, error_threshold: float,
+                 min_high_share: float, loss_window: int = 100, chunk: int = 256) -> Learner:
+    """A :class:`Learner`; pass plain numbers (e.g. from the config), not the config itself."""
+    return Learner(network, optimizer, batch_size, error_threshold, min_high_share, loss_window, chunk)

@@ -1,0 +1,139 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dqn_jax import learner as L
+from dqn_jax import memory as M
+from dqn_jax.networks import MLPQNetwork
+
+OBS, ACTIONS = 4, 3
+
+
+def linear_network():
+    """No hidden layer: q = x @ W + b, so the gradient is easy to write by hand."""
+    return MLPQNetwork(num_actions=ACTIONS, dense=(), init_stddev=0.1)
+
+
+def toy_memory(steps=40, games=4, count=40, seed=0, learnable=True):
+    """Vector states whose Q-targets are a fixed linear function of the state."""
+    rng = np.random.default_rng(seed)
+    states = rng.normal(size=(steps, games, OBS)).astype(np.float32)
+    w_true = rng.normal(size=(OBS, ACTIONS)).astype(np.float32)
+    targets = states @ w_true if learnable else np.ones((steps, games, ACTIONS), np.float32)
+    if not learnable:
+        states[:] = 1.0
+    memory = M.init_memory(steps, games, (OBS,), jnp.float32, ACTIONS)
+    return memory.replace(
+        states=jnp.asarray(states), q_values=jnp.asarray(targets), count=jnp.int32(count),
+        errors=jnp.asarray(rng.random((steps, games)), jnp.float32),
+    )
+
+
+def new_state(network, optimizer, seed=0):
+    return L.create_train_state(network, jax.random.key(seed), jnp.zeros((1, OBS)), optimizer)
+
+
+def test_q_loss_formula():
+    def apply_fn(params, states):
+        return states * params
+
+    states = jnp.array([[1.0, 2.0], [3.0, 4.0]])
+    targets = jnp.array([[0.0, 0.0], [1.0, 1.0]])
+    # Rows: (1 + 4) and (4 + 9); summed over actions, averaged over the batch.
+    assert float(L.q_loss(1.0, apply_fn, states, targets)) == pytest.approx((5 + 13) / 2)
+
+
+def test_update_matches_tf1_rmsprop_reference():
+    network = linear_network()
+    optimizer = L.make_optimizer(decay=0.9, eps=1e-10, initial_scale=1.0)
+    state = new_state(network, optimizer)
+    w = np.array(state.params["params"]["Dense_0"]["kernel"], np.float64)
+    b = np.array(state.params["params"]["Dense_0"]["bias"], np.float64)
+    ms_w, ms_b = np.ones_like(w), np.ones_like(b)  # TF1 starts the accumulator at 1.0
+    learner = L.make_learner(network, optimizer, batch_size=8, error_threshold=0.1,
+                             min_high_share=0.5)
+    rng = np.random.default_rng(1)
+    for lr in (1e-2, 3e-3, 5e-2):
+        x = rng.normal(size=(8, OBS)).astype(np.float32)
+        y = rng.normal(size=(8, ACTIONS)).astype(np.float32)
+        diff = x @ w + b - y
+        want_loss = np.mean(np.sum(diff**2, axis=1))
+        g_w, g_b = 2 * x.T @ diff / 8, 2 * diff.sum(0) / 8
+        ms_w = 0.9 * ms_w + 0.1 * g_w**2
+        ms_b = 0.9 * ms_b + 0.1 * g_b**2
+        w = w - lr * g_w / np.sqrt(ms_w + 1e-10)
+        b = b - lr * g_b / np.sqrt(ms_b + 1e-10)
+        state, loss = learner.update(state, jnp.asarray(x), jnp.asarray(y), lr)
+        assert float(loss) == pytest.approx(want_loss, rel=1e-5)
+        np.testing.assert_allclose(state.params["params"]["Dense_0"]["kernel"], w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(state.params["params"]["Dense_0"]["bias"], b, rtol=1e-5, atol=1e-6)
+    assert int(state.updates) == 3
+    assert float(state.opt_state.hyperparams["learning_rate"]) == pytest.approx(5e-2)
+
+
+def test_optimise_stop_rules_and_compile_once():
+    network = linear_network()
+    optimizer = L.make_optimizer()
+    learner = L.make_learner(network, optimizer, batch_size=16, error_threshold=0.5,
+                             min_high_share=0.5, loss_window=100, chunk=8)
+    memory = toy_memory()  # 160 used states: 10 iterations per epoch
+    state, key = new_state(network, optimizer), jax.random.key(0)
+
+    calls = []
+    state, key, res = learner.optimise(state, memory, key, learning_rate=1e-3, loss_limit=0.0,
+                                       max_epochs=3.0, progress=lambda *a: calls.append(a))
+    assert (res.iterations, res.max_iterations) == (30, 30)
+    assert res.epochs == pytest.approx(3.0)
+    assert [c[0] for c in calls] == [8, 16, 24, 30] and all(c[1] == 30 for c in calls)
+    assert res.high_error_share == pytest.approx(float(np.mean(np.asarray(memory.errors) >= 0.5)))
+
+    state, key, res = learner.optimise(state, memory, key, learning_rate=3e-4, loss_limit=1e9,
+                                       max_epochs=5.0, min_epochs=1.5)
+    assert res.iterations == 15 and res.max_iterations == 50
+
+    for lr in (1e-4, 2e-4):
+        state, _ = learner.update(state, memory.states[0], memory.q_values[0], lr)
+    assert int(state.updates) == 30 + 15 + 2
+    assert learner.trace_counts == {"update": 1, "optimise_chunk": 1}
+    assert learner.cache_sizes() == {"update": 1, "optimise_chunk": 1}
+
+
+def test_mean_loss_over_a_partly_filled_window():
+    network = linear_network()
+    optimizer = L.make_optimizer()
+    learner = L.make_learner(network, optimizer, batch_size=16, error_threshold=0.5,
+                             min_high_share=0.5, loss_window=100, chunk=64)
+    memory = toy_memory(learnable=False, count=20)  # every state and target identical
+    state = new_state(network, optimizer)
+    want = float(L.q_loss(state.params, network.apply, memory.states[0], memory.q_values[0]))
+    # With a zero learning rate every batch loss is the same, so their mean is that loss.
+    state, _, res = learner.optimise(state, memory, jax.random.key(0), learning_rate=0.0,
+                                     loss_limit=0.0, max_epochs=2.0)
+    assert res.iterations == 10
+    assert res.mean_loss == pytest.approx(want, rel=1e-5)
+
+
+def test_loss_decreases_and_limit_stops_early():
+    network = linear_network()
+    optimizer = L.make_optimizer()
+    learner = L.make_learner(network, optimizer, batch_size=16, error_threshold=0.5,
+                             min_high_share=0.5, loss_window=10, chunk=32)
+    memory = toy_memory()
+    state, key = new_state(network, optimizer), jax.random.key(3)
+    state, key, first = learner.optimise(state, memory, key, learning_rate=2e-2, loss_limit=0.0,
+                                         max_epochs=1.0)
+    state, key, last = learner.optimise(state, memory, key, learning_rate=2e-2, loss_limit=0.05,
+                                        max_epochs=100.0)
+    assert last.mean_loss < 0.05 < first.mean_loss
+    assert 10 <= last.iterations < last.max_iterations == 1000
+
+
+def test_empty_memory_does_nothing():
+    network = linear_network()
+    optimizer = L.make_optimizer()
+    learner = L.make_learner(network, optimizer, 16, 0.1, 0.5)
+    state = new_state(network, optimizer)
+    state, _, res = learner.optimise(state, toy_memory(count=0), jax.random.key(0),
+                                     learning_rate=1e-3, loss_limit=0.1, max_epochs=5.0)
+    assert res.iterations == 0 and learner.trace_counts["optimise_chunk"] == 0
