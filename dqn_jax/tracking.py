@@ -18,7 +18,9 @@ import getpass
 import json
 import logging
 import os
+import posixpath
 import queue
+import re
 import threading
 import time
 from pathlib import Path
@@ -37,6 +39,7 @@ STATUSES = ("FINISHED", "FAILED", "KILLED")
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 PARAMS_PER_BATCH = 100  # MLflow's limit on params in one log_batch
 METRICS_PER_BATCH = 1000  # MLflow's limit on metrics in one log_batch
+_METRIC_NAME = re.compile(r"^[\w\-. :/]+$")
 
 
 class Tracker:
@@ -88,6 +91,7 @@ class MlflowTracker(Tracker):
         self.failures = 0  # calls that failed
         self.dropped_metrics = 0  # metric values that never reached the store
         self._pending: queue.SimpleQueue = queue.SimpleQueue()
+        self._good_names: set[str] = set()
         self._client_lock = threading.Lock()  # one client call at a time keeps metrics in order
         self._stop = threading.Event()
         self._finished = False
@@ -121,6 +125,11 @@ class MlflowTracker(Tracker):
             return
         timestamp = int(time.time() * 1000)
         for key, value in metrics.items():
+            if key not in self._good_names:
+                if not _valid_metric_name(key):  # one bad name would sink a whole batch
+                    self._failed("log_metrics", ValueError(f"invalid metric name {key!r}"), 1)
+                    continue
+                self._good_names.add(key)
             self._pending.put((key, value, timestamp, int(step)))
 
     def _send_loop(self) -> None:
@@ -137,11 +146,16 @@ class MlflowTracker(Tracker):
                     items.append(self._pending.get_nowait())
                 except queue.Empty:
                     break
-            for start in range(0, len(items), METRICS_PER_BATCH):
-                chunk = items[start:start + METRICS_PER_BATCH]
+            batch = []
+            for key, value, timestamp, step in items:
+                try:  # float() here, not in log_metrics: a JAX scalar may still be computing
+                    batch.append(Metric(key, float(value), timestamp, step))
+                except Exception as exc:
+                    self._failed(f"converting metric {key!r}", exc, 1)
+            for start in range(0, len(batch), METRICS_PER_BATCH):
+                chunk = batch[start:start + METRICS_PER_BATCH]
                 try:
-                    batch = [Metric(key, float(value), ts, step) for key, value, ts, step in chunk]
-                    self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+                    self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
                 except Exception as exc:
                     self._failed("logging metrics", exc, len(chunk))
 
@@ -208,6 +222,13 @@ class MlflowTracker(Tracker):
             log.warning("MLflow: %d logging calls failed (%d metric values lost) in run %s; "
                         "the first: %s", self.failures, self.dropped_metrics, self.run_id,
                         self.error)
+
+
+def _valid_metric_name(name: str) -> bool:
+    """MLflow's rule: these characters only, and a normalised relative path."""
+    if not isinstance(name, str) or _METRIC_NAME.match(name) is None:
+        return False
+    return posixpath.normpath(name) == name and name != "." and not name.startswith(("..", "/"))
 
 
 # ---------------------------------------------------------------------------- config → store
@@ -351,17 +372,9 @@ def sweep_parent_run_id() -> str | None:
 
 
 class SweepParentCallback(Callback):
-    """A Hydra callback: one MLflow parent run per multirun, the jobs its children.
-
-    Enable it in the primary config::
-
-        hydra:
-          callbacks:
-            mlflow_parent:
-              _target_: dqn_jax.tracking.SweepParentCallback
-
-    The parent's id travels to the jobs in ``$DQN_JAX_PARENT_RUN_ID`` (inherited by
-    in-process and locally spawned launchers), read by :func:`sweep_parent_run_id`.
+    """A Hydra callback (``hydra.callbacks.<name>._target_=dqn_jax.tracking.SweepParentCallback``):
+    one MLflow parent run per multirun. Its id reaches the jobs in ``$DQN_JAX_PARENT_RUN_ID``
+    (inherited by in-process and locally spawned launchers), read by :func:`sweep_parent_run_id`.
     """
 
     def __init__(self) -> None:

@@ -183,6 +183,15 @@ def test_store_failures_are_reported_once_and_never_raise(root, caplog):
     assert "3 metric values lost" in warnings[1]
 
 
+def test_a_bad_metric_name_costs_only_its_value(root, client, tmp_path):
+    tracker = start_tracker(make_cfg(root, logger__flush_seconds=3600.0), tmp_path, run_name="n")
+    tracker.log_metrics({"bad name!": 1.0, "../up": 1.0, "good/name": 2.0}, step=5)
+    tracker.log_metrics({"not/a/scalar": np.ones(3)}, step=6)  # fails later, in the sender
+    tracker.finish()
+    assert tracker.dropped_metrics == 3
+    assert [m.value for m in client.get_metric_history(tracker.run_id, "good/name")] == [2.0]
+
+
 def test_null_tracker_does_nothing(tmp_path):
     cfg = make_cfg(tmp_path, logger__name="none")
     tracker = start_tracker(cfg, tmp_path / "run", run_name="off")
