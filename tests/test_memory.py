@@ -136,10 +136,12 @@ def test_associative_long_chain_without_terminals():
 
 def test_sweep_compiles_once_for_every_fill_level():
     rng = np.random.default_rng(1)
-    before = M.sweep._cache_size()
+    before = M.sweep_cache_sizes()
     for count in (3, 11, 17):
         M.sweep(random_memory(rng, 17, 2, 3, count), 0.97, "associative")
-    assert M.sweep._cache_size() - before <= 1
+    grown = {k: v - before[k] for k, v in M.sweep_cache_sizes().items()}
+    assert grown["prepare"] <= 1 and grown["write_targets"] <= 1 and grown["row_max_associative"] <= 1
+    assert grown["row_max_scan"] == 0
 
 
 # -------------------------------------------------------------------- sampling
