@@ -6,8 +6,9 @@ cycle without recompiling. :class:`Learner` compiles two functions once, from st
 numbers and the network module only (never a config object):
 
 * ``update``: one gradient step on a batch;
-* the optimise chunk: up to ``chunk`` iterations of sample -> gather -> update inside
-  ``lax.while_loop``, so the host only syncs once per chunk.
+* the optimise loop: iterations of sample -> gather -> update, run in chunks inside
+  ``lax.while_loop`` so the host only syncs once per chunk (on a CPU, one jitted
+  iteration per call instead; see :class:`Learner`).
 """
 
 from __future__ import annotations
@@ -72,12 +73,27 @@ class OptimiseResult(NamedTuple):
 class Learner:
     """Jitted training functions for one network, optimiser and batch geometry.
 
-    ``trace_counts`` counts how often each function was traced; after warm-up it stays
-    at one per function however the learning rate, loss limit or epochs change.
+    ``loop`` chooses where the optimise loop's iterations run:
+
+    * ``"device"``: inside ``lax.while_loop`` in chunks of up to ``chunk`` iterations,
+      one small host sync per chunk; the right choice on a GPU or TPU;
+    * ``"host"``: one jitted iteration per call from Python, syncing only once the
+      loss-limit stop has become possible. XLA on CPU runs a convolution's gradient
+      inside a loop body many times slower than at the top level (jax issue #12868),
+      so for the CNNs this is the faster choice on a CPU;
+    * ``"auto"`` (default): "host" on a CPU, "device" elsewhere.
+
+    Both give the same iterations and results. ``trace_counts`` counts how often each
+    function was traced; after warm-up it stays at one per function however the
+    learning rate, loss limit or epochs change.
     """
 
     def __init__(self, network: nn.Module, optimizer, batch_size: int, error_threshold: float,
-                 min_high_share: float, loss_window: int = 100, chunk: int = 256):
+                 min_high_share: float, loss_window: int = 100, chunk: int = 256, loop: str = "auto"):
+        if loop == "auto":
+            loop = "host" if jax.default_backend() == "cpu" else "device"
+        if loop not in ("device", "host"):
+            raise ValueError(f"loop={loop!r}; choose auto, device or host")
         self.network = network
         self.optimizer = optimizer
         self.batch_size = int(batch_size)
@@ -85,9 +101,12 @@ class Learner:
         self.min_high_share = float(min_high_share)
         self.loss_window = int(loss_window)
         self.chunk = int(chunk)
-        self.trace_counts = {"update": 0, "optimise_chunk": 0}
+        self.loop = loop
+        self.trace_counts = {"update": 0, "optimise_chunk": 0, "optimise_step": 0}
         self._update_jit = jax.jit(self._update_traced, donate_argnums=0)
         self._chunk_jit = jax.jit(self._chunk_traced, donate_argnums=0)
+        self._step_jit = jax.jit(self._step_traced, donate_argnums=0)
+        self._share_jit = jax.jit(self._share)
 
     # ------------------------------------------------------------------ one update
 
@@ -108,42 +127,57 @@ class Learner:
         return self._update_jit(train_state, states, targets, jnp.asarray(learning_rate, jnp.float32))
 
     # ------------------------------------------------------------- optimise loop
+    # The loop state is (train_state, key, iterations done, ring of recent losses, done).
+
+    def _mean_loss(self, i, ring):
+        """Mean of the last min(i, loss_window) losses held in the ring."""
+        filled = jnp.minimum(i, self.loss_window)
+        valid = jnp.arange(self.loss_window) < filled
+        return jnp.sum(jnp.where(valid, ring, 0.0)) / jnp.maximum(filled, 1)
+
+    def _is_done(self, i, ring, loss_limit, min_iters, max_iters):
+        converged = (i >= min_iters) & (self._mean_loss(i, ring) < loss_limit)
+        return (i >= max_iters) | converged
+
+    def _iteration(self, carry, memory, learning_rate, limits):
+        """Sample an error-split batch, take one update step, record the loss."""
+        ts, key, i, ring, _ = carry
+        key, sample_key = jax.random.split(key)
+        idx = mem.sample_indices(sample_key, memory.errors.reshape(-1),
+                                 mem.used_rows_mask(memory).reshape(-1), self.error_threshold,
+                                 self.min_high_share, self.batch_size)
+        states, targets = mem.gather_batch(memory, idx)
+        ts, loss = self._step(ts, states, targets, learning_rate)
+        ring = ring.at[i % self.loss_window].set(loss)
+        i = i + 1
+        return ts, key, i, ring, self._is_done(i, ring, *limits)
 
     def _chunk_traced(self, train_state, memory, key, iteration, ring, learning_rate, loss_limit,
                       min_iters, max_iters):
         self.trace_counts["optimise_chunk"] += 1
-        window = self.loss_window
-        errors = memory.errors.reshape(-1)
-        used = mem.used_rows_mask(memory).reshape(-1)
+        limits = (loss_limit, min_iters, max_iters)
         stop_at = jnp.minimum(iteration + self.chunk, max_iters)
 
-        def mean_loss(i, ring):
-            filled = jnp.minimum(i, window)
-            return jnp.sum(jnp.where(jnp.arange(window) < filled, ring, 0.0)) / jnp.maximum(filled, 1)
-
-        def is_done(i, ring):
-            converged = (i >= min_iters) & (mean_loss(i, ring) < loss_limit)
-            return (i >= max_iters) | converged
-
         def cond(carry):
-            _, _, i, ring, done = carry
-            return (~done) & (i < stop_at)
+            return (~carry[4]) & (carry[2] < stop_at)
 
         def body(carry):
-            ts, key, i, ring, _ = carry
-            key, sample_key = jax.random.split(key)
-            idx = mem.sample_indices(sample_key, errors, used, self.error_threshold,
-                                     self.min_high_share, self.batch_size)
-            states, targets = mem.gather_batch(memory, idx)
-            ts, loss = self._step(ts, states, targets, learning_rate)
-            ring = ring.at[i % window].set(loss)
-            i = i + 1
-            return ts, key, i, ring, is_done(i, ring)
+            return self._iteration(carry, memory, learning_rate, limits)
 
-        carry = (train_state, key, iteration, ring, is_done(iteration, ring))
-        train_state, key, iteration, ring, done = jax.lax.while_loop(cond, body, carry)
-        share = mem.high_error_share(errors, used, self.error_threshold)
-        return train_state, key, iteration, ring, done, mean_loss(iteration, ring), share
+        carry = (train_state, key, iteration, ring, self._is_done(iteration, ring, *limits))
+        carry = jax.lax.while_loop(cond, body, carry)
+        return *carry, self._mean_loss(carry[2], carry[3])
+
+    def _step_traced(self, train_state, memory, key, iteration, ring, learning_rate, loss_limit,
+                     min_iters, max_iters):
+        self.trace_counts["optimise_step"] += 1
+        carry = (train_state, key, iteration, ring, jnp.zeros((), bool))
+        carry = self._iteration(carry, memory, learning_rate, (loss_limit, min_iters, max_iters))
+        return *carry, self._mean_loss(carry[2], carry[3])
+
+    def _share(self, memory):
+        return mem.high_error_share(memory.errors.reshape(-1), mem.used_rows_mask(memory).reshape(-1),
+                                    self.error_threshold)
 
     def iteration_limits(self, used_states: int, min_epochs: float, max_epochs: float):
         """(iterations per epoch, min iterations, max iterations) for a memory of ``used_states``."""
@@ -160,41 +194,60 @@ class Learner:
         Runs at least ``min_epochs`` and at most ``max_epochs`` epochs (one epoch = used
         states / batch size iterations). After the minimum it stops as soon as the mean
         of the last ``loss_window`` batch losses is below ``loss_limit``. ``progress`` is
-        called between chunks with (iterations done, max iterations, mean loss).
-        ``train_state`` is donated. Returns (train_state, key, OptimiseResult).
+        called every ``chunk`` iterations and at the end with (iterations done, max
+        iterations, mean loss). ``train_state`` is donated; the memory is only read.
+        Returns (train_state, key, OptimiseResult).
         """
         used_states = int(memory.count) * memory.num_games
         per_epoch, min_iters, max_iters = self.iteration_limits(used_states, min_epochs, max_epochs)
         if used_states == 0:
             return train_state, key, OptimiseResult(0, 0.0, float("nan"), 0.0, 0)
         f32, i32 = jnp.float32, jnp.int32
-        iteration = jnp.zeros((), i32)
-        ring = jnp.zeros((self.loss_window,), f32)
+        carry = (train_state, key, jnp.zeros((), i32), jnp.zeros((self.loss_window,), f32))
         args = (jnp.asarray(learning_rate, f32), jnp.asarray(loss_limit, f32),
                 jnp.asarray(min_iters, i32), jnp.asarray(max_iters, i32))
-        while True:
-            train_state, key, iteration, ring, done, mean_loss, share = self._chunk_jit(
-                train_state, memory, key, iteration, ring, *args)
-            done_host, iters_host, loss_host = jax.device_get((done, iteration, mean_loss))
-            if progress is not None:
-                progress(int(iters_host), max_iters, float(loss_host))
-            if done_host:
-                break
+        run = self._run_device if self.loop == "device" else self._run_host
+        carry, iterations, mean_loss = run(memory, carry, args, min_iters, max_iters, progress)
         result = OptimiseResult(
-            iterations=int(iters_host),
-            epochs=int(iters_host) / per_epoch,
-            mean_loss=float(loss_host),
-            high_error_share=float(share),
+            iterations=iterations,
+            epochs=iterations / per_epoch,
+            mean_loss=mean_loss,
+            high_error_share=float(self._share_jit(memory)),
             max_iterations=max_iters,
         )
-        return train_state, key, result
+        return carry[0], carry[1], result
+
+    def _run_device(self, memory, carry, args, min_iters, max_iters, progress):
+        while True:
+            *state, done, mean_loss = self._chunk_jit(carry[0], memory, *carry[1:], *args)
+            carry = tuple(state[:4])
+            done, iterations, mean_loss = jax.device_get((done, carry[2], mean_loss))
+            if progress is not None:
+                progress(int(iterations), max_iters, float(mean_loss))
+            if done:
+                return carry, int(iterations), float(mean_loss)
+
+    def _run_host(self, memory, carry, args, min_iters, max_iters, progress):
+        for i in range(1, max_iters + 1):
+            *state, done, mean_loss = self._step_jit(carry[0], memory, *carry[1:], *args)
+            carry = tuple(state[:4])
+            # Before min_iters nothing can stop the loop, so steps are queued without a sync.
+            finished = i == max_iters or (i >= min_iters and bool(done))
+            if progress is not None and (finished or i % self.chunk == 0):
+                progress(i, max_iters, float(mean_loss))
+            if finished:
+                return carry, i, float(mean_loss)
+        raise AssertionError("unreachable: max_iters >= 1")
 
     def cache_sizes(self) -> dict[str, int]:
-        """Compiled variants held by each jitted function (1 each once warm)."""
-        return {"update": self._update_jit._cache_size(), "optimise_chunk": self._chunk_jit._cache_size()}
+        """Compiled variants held by each jitted function (at most 1 each once warm)."""
+        return {"update": self._update_jit._cache_size(), "optimise_chunk": self._chunk_jit._cache_size(),
+                "optimise_step": self._step_jit._cache_size()}
 
 
 def make_learner(network: nn.Module, optimizer, batch_size: int, error_threshold: float,
-                 min_high_share: float, loss_window: int = 100, chunk: int = 256) -> Learner:
+                 min_high_share: float, loss_window: int = 100, chunk: int = 256,
+                 loop: str = "auto") -> Learner:
     """A :class:`Learner`; pass plain numbers (e.g. from the config), not the config itself."""
-    return Learner(network, optimizer, batch_size, error_threshold, min_high_share, loss_window, chunk)
+    return Learner(network, optimizer, batch_size, error_threshold, min_high_share, loss_window,
+                   chunk, loop)

@@ -72,11 +72,12 @@ def test_update_matches_tf1_rmsprop_reference():
     assert float(state.opt_state.hyperparams["learning_rate"]) == pytest.approx(5e-2)
 
 
-def test_optimise_stop_rules_and_compile_once():
+@pytest.mark.parametrize("loop", ["device", "host"])
+def test_optimise_stop_rules_and_compile_once(loop):
     network = linear_network()
     optimizer = L.make_optimizer()
     learner = L.make_learner(network, optimizer, batch_size=16, error_threshold=0.5,
-                             min_high_share=0.5, loss_window=100, chunk=8)
+                             min_high_share=0.5, loss_window=100, chunk=8, loop=loop)
     memory = toy_memory()  # 160 used states: 10 iterations per epoch
     state, key = new_state(network, optimizer), jax.random.key(0)
 
@@ -95,15 +96,18 @@ def test_optimise_stop_rules_and_compile_once():
     for lr in (1e-4, 2e-4):
         state, _ = learner.update(state, memory.states[0], memory.q_values[0], lr)
     assert int(state.updates) == 30 + 15 + 2
-    assert learner.trace_counts == {"update": 1, "optimise_chunk": 1}
-    assert learner.cache_sizes() == {"update": 1, "optimise_chunk": 1}
+    compiled = "optimise_chunk" if loop == "device" else "optimise_step"
+    assert learner.trace_counts[compiled] == 1 and learner.trace_counts["update"] == 1
+    assert sum(learner.trace_counts.values()) == 2
+    assert learner.cache_sizes()[compiled] == 1 and learner.cache_sizes()["update"] == 1
 
 
-def test_mean_loss_over_a_partly_filled_window():
+@pytest.mark.parametrize("loop", ["device", "host"])
+def test_mean_loss_over_a_partly_filled_window(loop):
     network = linear_network()
     optimizer = L.make_optimizer()
     learner = L.make_learner(network, optimizer, batch_size=16, error_threshold=0.5,
-                             min_high_share=0.5, loss_window=100, chunk=64)
+                             min_high_share=0.5, loss_window=100, chunk=64, loop=loop)
     memory = toy_memory(learnable=False, count=20)  # every state and target identical
     state = new_state(network, optimizer)
     want = float(L.q_loss(state.params, network.apply, memory.states[0], memory.q_values[0]))
@@ -114,11 +118,12 @@ def test_mean_loss_over_a_partly_filled_window():
     assert res.mean_loss == pytest.approx(want, rel=1e-5)
 
 
-def test_loss_decreases_and_limit_stops_early():
+@pytest.mark.parametrize("loop", ["device", "host"])
+def test_loss_decreases_and_limit_stops_early(loop):
     network = linear_network()
     optimizer = L.make_optimizer()
     learner = L.make_learner(network, optimizer, batch_size=16, error_threshold=0.5,
-                             min_high_share=0.5, loss_window=10, chunk=32)
+                             min_high_share=0.5, loss_window=10, chunk=32, loop=loop)
     memory = toy_memory()
     state, key = new_state(network, optimizer), jax.random.key(3)
     state, key, first = learner.optimise(state, memory, key, learning_rate=2e-2, loss_limit=0.0,
@@ -136,4 +141,21 @@ def test_empty_memory_does_nothing():
     state = new_state(network, optimizer)
     state, _, res = learner.optimise(state, toy_memory(count=0), jax.random.key(0),
                                      learning_rate=1e-3, loss_limit=0.1, max_epochs=5.0)
-    assert res.iterations == 0 and learner.trace_counts["optimise_chunk"] == 0
+    assert res.iterations == 0 and sum(learner.trace_counts.values()) == 0
+
+
+def test_device_and_host_loops_agree():
+    network = linear_network()
+    optimizer = L.make_optimizer()
+    results = {}
+    for loop in ("device", "host"):
+        learner = L.make_learner(network, optimizer, 16, 0.5, 0.5, loss_window=10, chunk=16, loop=loop)
+        state, key, res = learner.optimise(new_state(network, optimizer), toy_memory(), jax.random.key(4),
+                                           learning_rate=1e-2, loss_limit=0.3, max_epochs=20.0)
+        results[loop] = (state, key, res)
+    (s_dev, k_dev, r_dev), (s_host, k_host, r_host) = results["device"], results["host"]
+    assert r_dev.iterations == r_host.iterations
+    assert r_dev.mean_loss == pytest.approx(r_host.mean_loss, rel=1e-4)
+    np.testing.assert_array_equal(jax.random.key_data(k_dev), jax.random.key_data(k_host))
+    np.testing.assert_allclose(s_dev.params["params"]["Dense_0"]["kernel"],
+                               s_host.params["params"]["Dense_0"]["kernel"], rtol=1e-4, atol=1e-5)
