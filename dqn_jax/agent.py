@@ -169,7 +169,7 @@ def _learn(cfg, learner, signals, memory, train_state, key, counters, tracker, q
 
     Returns (memory, train_state, key, mean loss).
     """
-    memory, sweep_stats = replay.sweep_jit(memory, cfg.memory.discount, cfg.memory.sweep)
+    memory, sweep_stats = replay.sweep(memory, cfg.memory.discount, cfg.memory.sweep)
     sweep_stats = {k: float(v) for k, v in jax.device_get(sweep_stats).items()}
     values = signals.values(counters.states)
     q_log.write(counters.episodes, counters.states, sweep_stats["q_min"], sweep_stats["q_mean"],
