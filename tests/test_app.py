@@ -96,7 +96,7 @@ def test_test_mode_reports_the_tutorials_statistics(trained):
 def test_every_experiment_recipe_runs(tmp_path, recipe):
     overrides = [f"experiment={recipe}", *TINY, "steps=120", "logger=none"]
     if recipe == "seed_sweep":
-        overrides.append("hydra.sweeper.params.seed=0,1")
+        overrides.append("hydra.sweeper.params.seed='0,1'")
     result = run_app(overrides, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert list(tmp_path.rglob("checkpoints/*")), "no checkpoint was written"
