@@ -147,7 +147,7 @@ def train(cfg, *, games, player, learner, signals, train_state, key, counters: C
             play_seconds = time.perf_counter() - play_start
             memory, train_state, key, last_loss = _learn(
                 cfg, learner, signals, memory, train_state, key, counters, tracker, q_log,
-                states_per_second=(counters.states - play_states) / max(play_seconds, 1e-9))
+                played=(counters.states - play_states, play_seconds))
             rows = 0
             checkpointer.save(counters.states, train_state, key, asdict(counters))
             saved_at = counters.states
@@ -164,13 +164,15 @@ def train(cfg, *, games, player, learner, signals, train_state, key, counters: C
 
 
 def _learn(cfg, learner, signals, memory, train_state, key, counters, tracker, q_log, *,
-           states_per_second: float):
+           played: tuple[int, float]):
     """One learning cycle: backward sweep, optimise, log; the memory comes back emptied.
 
     Returns (memory, train_state, key, mean loss).
     """
+    sweep_start = time.perf_counter()
     memory, sweep_stats = replay.sweep(memory, cfg.memory.discount, cfg.memory.sweep)
     sweep_stats = {k: float(v) for k, v in jax.device_get(sweep_stats).items()}
+    sweep_seconds = time.perf_counter() - sweep_start
     values = signals.values(counters.states)
     q_log.write(counters.episodes, counters.states, sweep_stats["q_min"], sweep_stats["q_mean"],
                 sweep_stats["q_max"], sweep_stats["q_std"])
@@ -199,7 +201,9 @@ def _learn(cfg, learner, signals, memory, train_state, key, counters, tracker, q
         "cycle/loss_limit": values["loss_limit"],
         "cycle/max_epochs": values["max_epochs"],
         "cycle/replay_fraction": values["replay_fraction"],
-        "cycle/states_per_second": states_per_second,
+        "cycle/states_per_second": played[0] / max(played[1], 1e-9),
+        "cycle/play_seconds": played[1],
+        "cycle/sweep_seconds": sweep_seconds,
         "cycle/optimise_seconds": learn_seconds,
         "cycle/count": float(counters.cycles),
         **{f"q/{name[2:]}" if name.startswith("q_") else f"sweep/{name}": value
