@@ -23,12 +23,19 @@ def test_default_hvass_parameter_count():
     assert params["params"]["Dense_0"]["kernel"].shape == (27 * 20 * 64, 1024)
 
 
+def random_params(network, sample):
+    """Parameters of the right shapes without compiling the initialisers (slow on CPU)."""
+    rng = np.random.default_rng(0)
+    shapes = jax.eval_shape(network.init, jax.random.key(0), sample)
+    return jax.tree_util.tree_map(lambda s: jnp.asarray(rng.normal(0, 0.1, s.shape), s.dtype), shapes)
+
+
 @pytest.mark.parametrize("name", ["hvass", "nature"])
 def test_cnn_shapes_dtypes_and_uint8_scaling(name):
     cfg = NetworkConfig(name=name, **SMALL)
     network = make_network(cfg, num_actions=3)
     images = jax.random.randint(jax.random.key(1), (5, 21, 16, 2), 0, 256).astype(jnp.uint8)
-    params = jax.jit(network.init)(jax.random.key(0), images)
+    params = random_params(network, images)
     q = jax.jit(network.apply)(params, images)
     assert q.shape == (5, 3) and q.dtype == jnp.float32
     # uint8 input is scaled by 1/255 inside; the same values as floats are used as they are.
