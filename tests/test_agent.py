@@ -1,0 +1,35 @@
+"""The agent's own logic: when learning starts, and the shape of what it stores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dqn_jax.agent import rows_before_learning, state_spec
+from dqn_jax.config import EnvConfig
+from dqn_jax.schedules import linear_signal
+
+
+def per_step_reference(start, end, span, count, steps, games):
+    """The tutorial's check after every recorded step: full, or used fraction > signal."""
+    for rows in range(1, steps + 1):
+        count += games
+        fraction = start + (end - start) * min(count, span) / span
+        if rows >= steps or rows / steps > fraction:
+            return rows
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("count", [0, 123_456, 4_999_000, 9_000_000])
+@pytest.mark.parametrize("steps, games", [(100, 8), (25_000, 8), (1_000, 1)])
+def test_rows_before_learning_matches_the_per_step_check(count, steps, games):
+    signal = linear_signal(0.1, 1.0, 5e6)
+    expected = per_step_reference(0.1, 1.0, 5e6, count, steps, games)
+    assert rows_before_learning(signal, count, steps, games) == expected
+
+
+def test_state_spec_frames_with_trace_or_vectors():
+    assert state_spec(EnvConfig(), (105, 80), np.uint8) == ((105, 80, 2), np.dtype(np.uint8))
+    assert state_spec(EnvConfig(motion_trace=False), (105, 80), np.uint8)[0] == (105, 80, 1)
+    vec = EnvConfig(kind="gymnasium", motion_trace=False)
+    assert state_spec(vec, (4,), np.float32) == ((4,), np.dtype(np.float32))
