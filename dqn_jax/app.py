@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from omegaconf import OmegaConf
 
-from dqn_jax import agent, display, tracking
+from dqn_jax import agent, display, sweeps, tracking
 from dqn_jax.checkpoints import Checkpointer
 from dqn_jax.config import ConfigError, num_envs
 from dqn_jax.envs import make_games
@@ -68,7 +68,7 @@ def run_train(cfg, run_dir: Path):
                   f"{counters.episodes} episodes")
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         tracker = tracking.start_tracker(cfg, run_dir, run_name=_run_name(cfg),
-                                         parent_run_id=tracking.sweep_parent_run_id(),
+                                         parent_run_id=sweeps.sweep_parent_run_id(),
                                          resume=cfg.checkpoint.resume)
         if resumed:
             tracker.set_tags({"dqn_jax.resumed_at_states": str(counters.states)})

@@ -1,4 +1,4 @@
-"""MLflow runs for dqn_jax: params, batched metrics, artifacts, resume and sweep parents.
+"""MLflow runs for dqn_jax: params, batched metrics, artifacts and resume.
 
 The play loop calls :meth:`Tracker.log_metrics` at every episode; that only puts
 the values on a queue. A background thread sends them with ``log_batch`` at most
@@ -8,7 +8,7 @@ is remembered and reported once; it never stops training.
 Without ``logger.tracking_uri`` the store is an SQLite file under ``paths.root``
 and artifacts go to ``paths.mlflow_artifacts``: a run needs no server. A training
 run writes its MLflow run id to ``<run_dir>/mlflow_run_id``, so resuming the
-training resumes the same MLflow run.
+training resumes the same MLflow run. Sweeps' parent runs are in :mod:`dqn_jax.sweeps`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from dqn_jax.config import experiment_name
@@ -34,7 +33,6 @@ from dqn_jax.config import experiment_name
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id"
-PARENT_RUN_ENV = "DQN_JAX_PARENT_RUN_ID"  # set while a sweep's parent run is open
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 PARAMS_PER_BATCH = 100  # MLflow's limit on params in one log_batch
@@ -362,37 +360,3 @@ def flatten_config(cfg) -> dict[str, str]:
 
     walk("", data)
     return flat
-
-
-# ---------------------------------------------------------------------------- sweeps
-
-def sweep_parent_run_id() -> str | None:
-    """The parent run of the sweep this job belongs to, if a sweep opened one."""
-    return os.environ.get(PARENT_RUN_ENV) or None
-
-
-class SweepParentCallback(Callback):
-    """A Hydra callback (``hydra.callbacks.<name>._target_=dqn_jax.tracking.SweepParentCallback``):
-    one MLflow parent run per multirun. Its id reaches the jobs in ``$DQN_JAX_PARENT_RUN_ID``
-    (inherited by in-process and locally spawned launchers), read by :func:`sweep_parent_run_id`.
-    """
-
-    def __init__(self) -> None:
-        self.tracker: Tracker = NullTracker()
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.logger.name == "none" or os.environ.get(PARENT_RUN_ENV):
-            return
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        self.tracker = start_tracker(config, sweep_dir, run_name=f"{config.name}-sweep",
-                                     tags={"dqn_jax.sweep": "true"}, resume=False)
-        overrides = list(config.hydra.overrides.task)
-        self.tracker.log_params({"sweep.overrides": overrides,
-                                 **{f"sweep.{k}": v for k, v in
-                                    (config.hydra.sweeper.get("params") or {}).items()}})
-        os.environ[PARENT_RUN_ENV] = self.tracker.run_id or ""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.tracker.run_id is not None:
-            os.environ.pop(PARENT_RUN_ENV, None)
-        self.tracker.finish("FINISHED")

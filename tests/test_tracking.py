@@ -15,14 +15,13 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from dqn_jax import config
+from dqn_jax.sweeps import PARENT_RUN_ENV, sweep_parent_run_id
 from dqn_jax.tracking import (
-    PARENT_RUN_ENV,
     MlflowTracker,
     NullTracker,
     flatten_config,
     read_run_id,
     start_tracker,
-    sweep_parent_run_id,
     tracking_uri,
 )
 
@@ -214,7 +213,7 @@ def test_multirun_gets_one_parent_run(root, client, tmp_path):
         from pathlib import Path
         import hydra
         from hydra.core.hydra_config import HydraConfig
-        from dqn_jax import tracking
+        from dqn_jax import sweeps, tracking
         from dqn_jax.config import register_configs
 
         register_configs()
@@ -223,7 +222,7 @@ def test_multirun_gets_one_parent_run(root, client, tmp_path):
         def main(cfg):
             run_dir = Path(HydraConfig.get().runtime.output_dir)
             with tracking.start_tracker(cfg, run_dir, run_name=f"seed{cfg.seed}",
-                                        parent_run_id=tracking.sweep_parent_run_id()) as t:
+                                        parent_run_id=sweeps.sweep_parent_run_id()) as t:
                 t.log_metrics({"seed": cfg.seed}, step=0)
 
         main()
@@ -232,7 +231,7 @@ def test_multirun_gets_one_parent_run(root, client, tmp_path):
     done = subprocess.run(
         [sys.executable, str(app), "-m", "seed=0,1", f"paths.root={root}",
          "logger.experiment=sweeps", f"hydra.sweep.dir={tmp_path / 'multirun'}",
-         "+hydra.callbacks.parent._target_=dqn_jax.tracking.SweepParentCallback"],
+         "+hydra.callbacks.parent._target_=dqn_jax.sweeps.SweepParentCallback"],
         cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     experiment = client.get_experiment_by_name(config.experiment_name(cfg))

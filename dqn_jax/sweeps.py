@@ -1,0 +1,396 @@
+"""Sweeps (Hydra multiruns) in MLflow: one parent run per sweep, a tagged child per job.
+
+:class:`SweepParentCallback` is registered in ``conf/config.yaml`` (``hydra.callbacks``).
+In the launching process it opens the parent run when the multirun starts and closes it
+when the multirun ends; if the sweeper raises (Hydra re-raises a batch's first failed
+job after the whole batch has run) the parent is closed at exit, FAILED, with one line on
+stderr counting the failed jobs. In each job's process, after the task, it tags the job's
+own run (``dqn_jax.overrides``, ``dqn_jax.job_num``, ``dqn_jax.sweep_id``) and, for a job
+that failed before opening a run (a config value rejected for that job only), opens and
+closes a FAILED child holding the error, so that every job has its run.
+
+The jobs find the parent run with :func:`sweep_parent_run_id`: the id is in
+``$DQN_JAX_PARENT_RUN_ID`` for launchers whose workers inherit the launching process's
+environment (basic, joblib/loky, submitit local, a local Ray), and in the file
+``<hydra.sweep.dir>/mlflow_run_id`` for those on a shared file system (Slurm).
+
+:class:`JobResources` (added by ``hydra/launcher=local_parallel``) gives each parallel job
+on one machine its share of the cores and of the GPU's memory.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from dqn_jax import tracking
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_ENV = "DQN_JAX_PARENT_RUN_ID"  # set while a sweep's parent run is open
+JOB_TAG = "dqn_jax.jobs."  # parent tags dqn_jax.jobs.<num> = COMPLETED | FAILED: <error>
+MAX_TAG_LENGTH = 5000  # MLflow's limit on a tag value is 8000 characters
+
+
+# ---------------------------------------------------------------------------- the jobs' side
+
+def _hydra_config() -> DictConfig | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def _is_multirun(hydra_cfg) -> bool:
+    from hydra.types import RunMode
+
+    return hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
+
+
+def sweep_parent_run_id() -> str | None:
+    """The parent run of the sweep this job belongs to, if a sweep opened one.
+
+    In a multirun job, the id the callback wrote in the sweep directory (it belongs to
+    this very sweep, and reaches Slurm jobs on a shared file system); else the one in
+    ``$DQN_JAX_PARENT_RUN_ID`` (workers that inherit the launching process's environment).
+    """
+    hydra_cfg = _hydra_config()
+    if _is_multirun(hydra_cfg):
+        from_file = tracking.read_run_id(str(hydra_cfg.sweep.dir))
+        if from_file:
+            return from_file
+    return os.environ.get(PARENT_RUN_ENV) or None
+
+
+def sweep_id(sweep_dir: str | Path) -> str:
+    """A sweep's id: the name of its directory (by default its start time)."""
+    return Path(str(sweep_dir)).name
+
+
+def job_overrides(config: DictConfig, common: list[str] | None = None) -> list[str]:
+    """The job's task overrides, less those the sweep's command gives every job (``common``).
+
+    An override is shared when the command's last override of its key is a plain value
+    equal to the job's (``progress=false`` and ``progress=False`` are equal); a swept key
+    (``seed=0,1``) and the sweeper's own params always stay.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    overrides = [str(o) for o in config.hydra.overrides.task]
+    shared = {}
+    for override in parser.parse_overrides(list(common or [])):
+        shared[override.key_or_group] = override
+    kept = []
+    for text, override in zip(overrides, parser.parse_overrides(overrides), strict=True):
+        given = shared.get(override.key_or_group)
+        if given is not None and not given.is_sweep_override() and given.type == override.type \
+                and given.value() == override.value():
+            continue
+        kept.append(text)
+    return kept
+
+
+def _client(config):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking.tracking_uri(config))
+
+
+def _job_run(client, config, started_ms: int):
+    """The MLflow run the job opened or continued (its id is in the job's directory)."""
+    run = tracking._open_run(client, tracking.read_run_id(config.hydra.runtime.output_dir))
+    if run is None:
+        return None
+    touched = max(run.info.start_time or 0, run.info.end_time or 0)
+    # a run left in the directory by an earlier sweep, not touched by this job, is not its run
+    return run if run.info.status == "RUNNING" or touched >= started_ms else None
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_TAG_LENGTH else text[:MAX_TAG_LENGTH - 3] + "..."
+
+
+def _error_line(error: BaseException) -> str:
+    return _cut(f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else
+                type(error).__name__)
+
+
+# ---------------------------------------------------------------------------- the callback
+
+class SweepParentCallback(Callback):
+    """One MLflow parent run per multirun; the jobs' runs are its tagged children."""
+
+    def __init__(self) -> None:
+        self.tracker: tracking.Tracker = tracking.NullTracker()
+        self.config: DictConfig | None = None  # the sweep's config, while its parent is open
+        self._job_started_ms = 0
+
+    def __getstate__(self) -> dict:
+        # Launchers pickle the callbacks to their workers; the parent run stays here.
+        return {"tracker": tracking.NullTracker(), "config": None, "_job_started_ms": 0}
+
+    # -- the launching process
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        stale = sweep_dir / tracking.RUN_ID_FILE
+        if config.logger.name == "none" or os.environ.get(PARENT_RUN_ENV):
+            stale.unlink(missing_ok=True)  # a parent id left by an earlier sweep in this directory
+            return
+        sid = sweep_id(sweep_dir)
+        tags = {"dqn_jax.sweep": "true", "dqn_jax.sweep_id": sid,
+                "dqn_jax.sweep_dir": str(sweep_dir.resolve()),
+                "dqn_jax.launcher": config.hydra.launcher.get("_target_", ""),
+                "dqn_jax.sweeper": config.hydra.sweeper.get("_target_", "")}
+        self.tracker = tracking.start_tracker(config, sweep_dir, run_name=f"{config.name}-sweep-{sid}",
+                                              tags=tags, resume=False)
+        if self.tracker.run_id is None:
+            return
+        self.config = config
+        self.tracker.log_params(_sweep_params(config))
+        os.environ[PARENT_RUN_ENV] = self.tracker.run_id
+        atexit.register(self._close_at_exit)
+        log.info("MLflow: sweep %s, parent run %s", sid, self.tracker.run_id)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.config is None:
+            return
+        results = Path(str(config.hydra.sweep.dir)) / "optimization_results.yaml"
+        if results.is_file():
+            self._log_best(OmegaConf.to_container(OmegaConf.load(results)))
+        total, failed = self._count_jobs()
+        self._close("FINISHED", total, failed)
+
+    def _close_at_exit(self) -> None:
+        """The sweeper raised (a failed job, Ctrl-C): close the parent, say why."""
+        if self.config is None:
+            return
+        sid, run_id = sweep_id(self.config.hydra.sweep.dir), self.tracker.run_id
+        total, failed = self._count_jobs()
+        status = "FAILED" if failed else "KILLED"
+        self._close(status, total, failed)
+        what = (f"{len(failed)} of {total} jobs failed ({'; '.join(failed[:3])})" if failed
+                else "the sweep stopped before its jobs finished")
+        print(f"dqn_jax: error: sweep {sid}: {what}; MLflow parent run {run_id} ended {status}",
+              file=sys.stderr)
+
+    def _count_jobs(self) -> tuple[int, list[str]]:
+        try:
+            tags = _client(self.config).get_run(self.tracker.run_id).data.tags
+        except Exception as exc:
+            log.warning("MLflow: could not read the sweep's job tags: %s", exc)
+            return 0, []
+        jobs = {k.removeprefix(JOB_TAG): v for k, v in tags.items() if k.startswith(JOB_TAG)}
+        failed = [f"job {k}: {v.removeprefix('FAILED: ')}" for k, v in
+                  sorted(jobs.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0)
+                  if v.startswith("FAILED")]
+        return len(jobs), failed
+
+    def _close(self, status: str, total: int, failed: list[str]) -> None:
+        self.tracker.set_tags({"dqn_jax.jobs_total": total, "dqn_jax.jobs_failed": len(failed)})
+        self.tracker.finish(status)
+        os.environ.pop(PARENT_RUN_ENV, None)
+        self.config = None
+
+    def _log_best(self, results: dict) -> None:
+        """Optuna's best trial: its params and value on the parent, and which child it was."""
+        best = results.get("best_params") or {}
+        self.tracker.log_params({f"best.{k}": v for k, v in best.items()})
+        if results.get("best_value") is not None:
+            self.tracker.log_metrics({"best_value": float(results["best_value"])}, step=0)
+        self.tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(results)),
+                              "optimization_results.yaml")
+        wanted = {f"{k}={v}" for k, v in best.items()}
+        try:
+            for child in _children(_client(self.config), self.tracker.run_id):
+                given = set(json.loads(child.data.tags.get("dqn_jax.overrides_json", "[]")))
+                if wanted and wanted <= given and child.info.status == "FINISHED":
+                    self.tracker.set_tags({"dqn_jax.best_run_id": child.info.run_id,
+                                           "dqn_jax.best_job_num": child.data.tags.get("dqn_jax.job_num")})
+                    break
+        except Exception as exc:
+            log.warning("MLflow: could not find the best trial's run: %s", exc)
+
+    # -- each job's process
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._job_started_ms = int(time.time() * 1000) - 1000
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if not _is_multirun(config.hydra) or config.logger.name == "none":
+            return
+        try:
+            self._record_job(config, job_return)
+        except Exception as exc:  # the job's own result matters more than its tags
+            log.warning("MLflow: could not record sweep job %s: %s", config.hydra.job.num, exc)
+
+    def _record_job(self, config: DictConfig, job_return: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        client = _client(config)
+        parent_id = sweep_parent_run_id()
+        common = _common_overrides(client, parent_id)
+        mine = job_overrides(config, common)
+        failed = job_return.status != JobStatus.COMPLETED
+        error = job_return._return_value if failed else None
+        tags = {"dqn_jax.sweep_id": sweep_id(config.hydra.sweep.dir),
+                "dqn_jax.job_num": str(config.hydra.job.num),
+                "dqn_jax.overrides": _cut(" ".join(mine)),
+                "dqn_jax.overrides_json": _cut(json.dumps(mine))}
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        if failed:
+            tags["dqn_jax.error"] = _error_line(error)
+        run = _job_run(client, config, self._job_started_ms)
+        if run is None and failed:
+            run = _open_failed_run(config, tags, parent_id, error)
+        if run is not None:
+            from mlflow.entities import RunTag
+
+            client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            if failed and run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, "FAILED")
+        if parent_id:
+            status = f"FAILED: {_error_line(error)}" if failed else "COMPLETED"
+            client.set_tag(parent_id, f"{JOB_TAG}{config.hydra.job.num}", _cut(status))
+
+
+def _sweep_params(config: DictConfig) -> dict[str, Any]:
+    """What the parent run records: the command's overrides and the sweeper's settings."""
+    sweeper = config.hydra.sweeper
+    params: dict[str, Any] = {"sweep.overrides": list(config.hydra.overrides.task)}
+    for key, value in (sweeper.get("params") or {}).items():
+        params[f"sweep.params.{key}"] = value
+    for key in ("direction", "n_trials", "n_jobs", "study_name", "max_failure_rate"):
+        value = sweeper.get(key)
+        if value is not None:
+            params[f"sweep.{key}"] = getattr(value, "name", value)  # an enum by its name
+    if sweeper.get("sampler") is not None:
+        params["sweep.sampler"] = sweeper.sampler.get("_target_", "")
+    if "objective" in config:
+        params["sweep.objective"] = config.objective
+    return params
+
+
+def _common_overrides(client, parent_id: str | None) -> list[str]:
+    """The overrides of the sweep's command that every job shares (logged on its parent)."""
+    if not parent_id:
+        return []
+    logged = client.get_run(parent_id).data.params.get("sweep.overrides", "[]")
+    try:  # a swept value ("seed=0,1") never equals a job's, so it is never dropped
+        return [str(o) for o in json.loads(logged)]
+    except ValueError:
+        return []
+
+
+def _open_failed_run(config: DictConfig, tags: dict, parent_id: str | None, error):
+    """A child run for a job that failed before opening its own: FAILED, with the error."""
+    import traceback
+
+    run_dir = Path(config.hydra.runtime.output_dir)
+    name = f"{OmegaConf.select(config, 'env.game', default='job')}-{config.name}"
+    tracker = tracking.start_tracker(config, run_dir, run_name=name,
+                                     tags=tags, parent_run_id=parent_id, resume=False)
+    if tracker.run_id is None:
+        return None
+    if error is not None:
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        tracker.log_text(text, "error.txt")
+    tracker.finish("FAILED")
+    return _client(config).get_run(tracker.run_id)
+
+
+def _children(client, parent_id: str) -> list:
+    """Every run whose parent is ``parent_id``, in any experiment of the store."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = []
+    for start in range(0, len(experiments), 100):
+        runs += client.search_runs(experiments[start:start + 100],
+                                   filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                                   max_results=5000)
+    return runs
+
+
+# ---------------------------------------------------------------------------- parallel jobs
+
+class JobResources(Callback):
+    """Each job of a parallel sweep on one machine gets a share of the cores and the GPU.
+
+    In the job's process, before the task (and so before JAX starts), it sets
+    ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` and ``XLA_PYTHON_CLIENT_MEM_FRACTION`` to
+    ``gpu_memory / n_jobs`` unless they are already set (``hydra.job.env_set`` or the
+    environment win), and pins the worker process to its slot's cores, so that the
+    games' threads (ale-py) and XLA's CPU threads of the jobs do not compete. A worker
+    keeps its slot (a lock file in the sweep directory) for its lifetime.
+    """
+
+    def __init__(self, n_jobs: int = 1, gpu_memory: float = 0.9, pin_cpus: bool = True) -> None:
+        self.n_jobs = int(n_jobs) if int(n_jobs) > 0 else (os.cpu_count() or 1)
+        self.gpu_memory = float(gpu_memory)
+        self.pin_cpus = bool(pin_cpus)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not _is_multirun(config.hydra):
+            return
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{self.gpu_memory / self.n_jobs:.3f}")
+        if self.pin_cpus and hasattr(os, "sched_setaffinity"):
+            _pin_to_slot(Path(str(config.hydra.sweep.dir)), self.n_jobs)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if not _is_multirun(config.hydra) or config.logger.name == "none":
+            return
+        tags = {"dqn_jax.cpus": ",".join(map(str, sorted(os.sched_getaffinity(0)))),
+                "dqn_jax.xla_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "")}
+        try:
+            client = _client(config)
+            run_id = tracking.read_run_id(config.hydra.runtime.output_dir)
+            if run_id:
+                for key, value in tags.items():
+                    client.set_tag(run_id, key, value)
+        except Exception as exc:
+            log.warning("MLflow: could not tag job %s with its resources: %s",
+                        config.hydra.job.num, exc)
+
+
+_SLOT: dict[str, Any] = {}  # this process's slot: its lock file stays open while it lives
+
+
+def _pin_to_slot(sweep_dir: Path, n_jobs: int) -> None:
+    """Claim a free slot (0..n_jobs-1) for this process and pin it to that slot's cores."""
+    if _SLOT:
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    slots = sweep_dir / ".slots"
+    slots.mkdir(parents=True, exist_ok=True)
+    for slot in range(n_jobs):
+        handle = open(slots / f"{slot}.lock", "w")  # noqa: SIM115 - held for the process's life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        share = _slot_cpus(cpus, slot, n_jobs)
+        os.sched_setaffinity(0, share)
+        _SLOT.update(slot=slot, cpus=share, handle=handle)
+        return
+    log.warning("no free CPU slot among %d for this job; it runs unpinned", n_jobs)
+
+
+def _slot_cpus(cpus: list[int], slot: int, n_jobs: int) -> list[int]:
+    """Slot ``slot``'s cores: a contiguous share, or one core shared when jobs outnumber cores."""
+    if n_jobs >= len(cpus):
+        return [cpus[slot % len(cpus)]]
+    per, extra = divmod(len(cpus), n_jobs)
+    start = slot * per + min(slot, extra)
+    return cpus[start:start + per + (1 if slot < extra else 0)]
