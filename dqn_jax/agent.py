@@ -64,8 +64,22 @@ class Player:
         self.act = jax.jit(act, donate_argnums=(1,))
 
     def start(self, frames):
-        """The tracer state for the first frames (None without a motion trace)."""
-        return init_tracer(jnp.asarray(frames)) if self.motion else None
+        """The tracer state for the first frames (None without a motion trace).
+
+        The last frame is kept as uint8, as the games give it: the states are exactly
+        those of a float32 tracer, for a quarter of the bytes read and written per step.
+        """
+        if not self.motion:
+            return None
+        frames = jnp.asarray(frames)
+        return init_tracer(frames, jnp.uint8 if frames.dtype == jnp.uint8 else jnp.float32)
+
+
+def sweep_method(method: str) -> str:
+    """The memory's sweep method: ``"auto"`` is "scan" on a CPU, "associative" elsewhere."""
+    if method == "auto":
+        return "scan" if jax.default_backend() == "cpu" else "associative"
+    return method
 
 
 def rows_before_learning(replay_fraction, count_states: int, steps: int, games: int) -> int:
@@ -170,7 +184,7 @@ def _learn(cfg, learner, signals, memory, train_state, key, counters, tracker, q
     Returns (memory, train_state, key, mean loss).
     """
     sweep_start = time.perf_counter()
-    memory, sweep_stats = replay.sweep(memory, cfg.memory.discount, cfg.memory.sweep)
+    memory, sweep_stats = replay.sweep(memory, cfg.memory.discount, sweep_method(cfg.memory.sweep))
     sweep_stats = {k: float(v) for k, v in jax.device_get(sweep_stats).items()}
     sweep_seconds = time.perf_counter() - sweep_start
     values = signals.values(counters.states)

@@ -59,7 +59,9 @@ class MemoryConfig:
     error_threshold: float = 0.1  # errors below this are "low error"
     min_high_error_share: float = 0.5  # high-error share of a batch is at least this
     reward_clip: float = 1.0  # rewards stored clipped to [-reward_clip, reward_clip]
-    sweep: str = "associative"  # "associative" (parallel, exact) or "scan" (sequential)
+    # "auto": "scan" on a CPU (where it is ~1.5x faster), "associative" on a GPU or TPU;
+    # "associative" (parallel, exact) or "scan" (sequential) force one.
+    sweep: str = "auto"
 
 
 @dataclass
@@ -147,7 +149,7 @@ def register_configs() -> None:
 CHOICES = {
     "mode": ("train", "test"),
     "env.kind": ("atari", "gymnasium"),
-    "memory.sweep": ("associative", "scan"),
+    "memory.sweep": ("auto", "associative", "scan"),
     "network.name": ("hvass", "nature", "mlp"),
     "network.dtype": ("float32", "bfloat16"),
     "logger.name": ("mlflow", "none"),

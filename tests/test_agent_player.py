@@ -1,0 +1,74 @@
+"""The Player's act step is exactly the straightforward composition of its parts."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dqn_jax import memory as replay
+from dqn_jax.agent import Player, state_spec, sweep_method
+from dqn_jax.config import EnvConfig, NetworkConfig
+from dqn_jax.motion import TracerState
+from dqn_jax.networks import make_network
+from dqn_jax.policy import epsilon_greedy
+from dqn_jax.schedules import linear_signal
+
+
+def reference_step(network, params, tracer, frames, restart, key, count, epsilon_fn, threshold, decay):
+    """float32 tracer, stack along the last axis, network, epsilon-greedy: the plain version."""
+    frame = jnp.asarray(frames).astype(jnp.float32)
+    motion = jnp.where(jnp.abs(frame - tracer.last_input) > threshold, 255.0, 0.0)
+    output = jnp.clip(motion + decay * tracer.last_output, 0.0, 255.0)
+    output = jnp.where(jnp.asarray(restart)[:, None, None], 0.0, output)
+    states = jnp.stack([frame, output], axis=-1).astype(jnp.uint8)
+    q = network.apply(params, states)
+    key, pick = jax.random.split(key)
+    epsilon = epsilon_fn(count)
+    return key, TracerState(frame, output), states, q, epsilon_greedy(pick, q, epsilon), epsilon
+
+
+def test_act_matches_reference_composition_and_memory_rows():
+    env = EnvConfig(height=12, width=10, trace_threshold=20.0, trace_decay=0.75)
+    num_games, num_actions, steps = 3, 4, 9
+    network = make_network(NetworkConfig(name="mlp", dense=[8], init_stddev=0.0), num_actions)
+    shape, dtype = state_spec(env, (12, 10), np.uint8)
+    params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape), dtype))
+    epsilon_fn = linear_signal(1.0, 0.1, 40.0)
+    player = Player(network, env, epsilon_fn)
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (steps + 1, num_games, 12, 10), dtype=np.uint8)
+    frames[3:6, :, :4] = frames[3, :, :4]  # still pixels: the decay path
+    restarts = rng.random((steps + 1, num_games)) < 0.25
+    restarts[0] = True
+    rewards = rng.choice([-2.0, 0.0, 1.0], (steps, num_games)).astype(np.float32)
+    ends = rng.random((steps, num_games)) < 0.2
+
+    tracer = player.start(frames[0])
+    ref_tracer = TracerState(jnp.asarray(frames[0], jnp.float32), jnp.zeros(frames[0].shape, jnp.float32))
+    key = ref_key = jax.random.PRNGKey(3)
+    memory = replay.init_memory(steps, num_games, shape, dtype, num_actions)
+    ref_memory = replay.init_memory(steps, num_games, shape, dtype, num_actions)
+    for t in range(steps):
+        count = t * num_games
+        key, tracer, states, q, actions, eps = player.act(params, tracer, frames[t], restarts[t], key, count)
+        ref_key, ref_tracer, ref_states, ref_q, ref_actions, ref_eps = reference_step(
+            network, params, ref_tracer, frames[t], restarts[t], ref_key, count, epsilon_fn, 20.0, 0.75)
+        np.testing.assert_array_equal(np.asarray(states), np.asarray(ref_states))
+        np.testing.assert_array_equal(np.asarray(q), np.asarray(ref_q))
+        np.testing.assert_array_equal(np.asarray(actions), np.asarray(ref_actions))
+        np.testing.assert_array_equal(np.asarray(key), np.asarray(ref_key))
+        np.testing.assert_allclose(float(eps), float(ref_eps), rtol=1e-6)  # jit vs eager rounding
+        np.testing.assert_array_equal(np.asarray(tracer.last_output), np.asarray(ref_tracer.last_output))
+        np.testing.assert_array_equal(np.asarray(tracer.last_input, np.float32), np.asarray(ref_tracer.last_input))
+        memory = replay.add_jit(memory, states, q, actions, rewards[t], ends[t], ends[t], 1.0)
+        ref_memory = replay.add(ref_memory, ref_states, ref_q, ref_actions, rewards[t], ends[t], ends[t], 1.0)
+    for got, want in zip(jax.tree_util.tree_leaves(memory), jax.tree_util.tree_leaves(ref_memory), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_sweep_method_auto_resolves_by_backend():
+    expected = "scan" if jax.default_backend() == "cpu" else "associative"
+    assert sweep_method("auto") == expected
+    assert sweep_method("scan") == "scan" and sweep_method("associative") == "associative"
