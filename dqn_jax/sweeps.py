@@ -340,23 +340,26 @@ class JobResources(Callback):
         self.pin_cpus = bool(pin_cpus)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.seen = {}
         if not _is_multirun(config.hydra):
             return
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{self.gpu_memory / self.n_jobs:.3f}")
         if self.pin_cpus and hasattr(os, "sched_setaffinity"):
             _pin_to_slot(Path(str(config.hydra.sweep.dir)), self.n_jobs)
+        # what the task sees (hydra.job.env_set is undone when the task returns)
+        self.seen = {"dqn_jax.cpus": ",".join(map(str, sorted(os.sched_getaffinity(0)))),
+                     "dqn_jax.xla_preallocate": os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"],
+                     "dqn_jax.xla_mem_fraction": os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"]}
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if not _is_multirun(config.hydra) or config.logger.name == "none":
+        if not getattr(self, "seen", None) or config.logger.name == "none":
             return
-        tags = {"dqn_jax.cpus": ",".join(map(str, sorted(os.sched_getaffinity(0)))),
-                "dqn_jax.xla_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "")}
         try:
             client = _client(config)
             run_id = tracking.read_run_id(config.hydra.runtime.output_dir)
             if run_id:
-                for key, value in tags.items():
+                for key, value in self.seen.items():
                     client.set_tag(run_id, key, value)
         except Exception as exc:
             log.warning("MLflow: could not tag job %s with its resources: %s",

@@ -1,0 +1,249 @@
+"""Sweeps end to end: real Hydra launches in subprocesses, real MLflow stores and server.
+
+Each job is a tiny CartPole training run (the sweep machinery does not depend on the
+game, and CartPole's episodes are short enough to give rewards in 200 states).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import CONF, TINY, run_app
+
+MULTIRUN = "hydra.mode=MULTIRUN"
+CART = [*TINY, "env=cartpole", "network=mlp", "network.dense=[16]", "steps=200"]
+EXPERIMENT = "dqn_jax/CartPole-v1"
+
+
+def client_for(root: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlruns.db")
+
+
+def sweep_runs(client: MlflowClient, experiment: str = EXPERIMENT):
+    """(the one parent run, its children by job number)."""
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, "the experiment was not created"
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("dqn_jax.sweep") == "true"]
+    assert len(parents) == 1, [r.info.run_name for r in runs]
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, sorted(children, key=lambda r: int(r.data.tags["dqn_jax.job_num"]))
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
+
+
+def test_launcher_and_search_configs_compose():
+    """Every launcher option and hparams_search recipe composes, with the fields users edit."""
+    from hydra import compose, initialize_config_dir
+
+    from dqn_jax.config import register_configs
+
+    register_configs()
+    launchers = sorted(p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml"))
+    assert {"local_parallel", "slurm", "submitit_local_cpu", "ray_local", "ray_cluster"} <= set(launchers)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        seen = {}
+        for name in launchers:
+            cfg = compose("config", overrides=[f"hydra/launcher={name}"], return_hydra_config=True)
+            seen[name] = cfg.hydra
+            assert "sweep_parent" in cfg.hydra.callbacks
+        slurm = seen["slurm"].launcher
+        assert slurm._target_.endswith("SlurmLauncher")
+        for key in ("partition", "gpus_per_node", "cpus_per_task", "timeout_min", "mem_gb"):
+            assert key in slurm
+        assert seen["submitit_local_cpu"].launcher._target_.endswith("LocalLauncher")
+        parallel = seen["local_parallel"]
+        assert parallel.launcher._target_.endswith("JoblibLauncher")
+        assert parallel.job.env_set.XLA_PYTHON_CLIENT_PREALLOCATE == "false"
+        assert parallel.callbacks.job_resources.n_jobs == parallel.launcher.n_jobs
+        assert seen["ray_local"].launcher.ray.init.address is None
+        assert seen["ray_cluster"].launcher.ray.init.address == "auto"
+        for recipe in sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml")):
+            cfg = compose("config", overrides=[f"hparams_search={recipe}"], return_hydra_config=True)
+            sweeper = cfg.hydra.sweeper
+            assert sweeper._target_.endswith("OptunaSweeper"), recipe
+            assert str(sweeper.direction).endswith("maximize") and sweeper.params, recipe
+            assert cfg.objective in ("test/mean_score", "train/mean30"), recipe
+            assert cfg.objective != "test/mean_score" or cfg.test_episodes_after_training > 0
+
+
+def test_grid_on_local_parallel_gives_one_parent_and_a_tagged_child_per_job(tmp_path):
+    result = run_app([*CART, MULTIRUN, "hydra/launcher=local_parallel",
+                      "schedule.learning_rate.start=1e-3,3e-4", "seed=0,1"], cwd=tmp_path)
+    assert_ok(result)
+    parent, children = sweep_runs(client_for(tmp_path))
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["dqn_jax.launcher"].endswith("JoblibLauncher")
+    assert parent.data.tags["dqn_jax.jobs_total"] == "4" and parent.data.tags["dqn_jax.jobs_failed"] == "0"
+    sweep_id = parent.data.tags["dqn_jax.sweep_id"]
+    assert (tmp_path / "runs" / "multirun" / sweep_id).is_dir()
+    assert "schedule.learning_rate.start=1e-3,3e-4" in json.loads(parent.data.params["sweep.overrides"])
+    available = len(os.sched_getaffinity(0))
+    grid = [("0.001", "0"), ("0.001", "1"), ("0.0003", "0"), ("0.0003", "1")]
+    assert [r.data.tags["dqn_jax.job_num"] for r in children] == ["0", "1", "2", "3"]
+    for run, (rate, seed) in zip(children, grid, strict=True):
+        tags, params = run.data.tags, run.data.params
+        assert run.info.status == "FINISHED"
+        assert params["schedule.learning_rate.start"] == rate and params["seed"] == seed
+        assert tags["dqn_jax.overrides"] == f"schedule.learning_rate.start={rate} seed={seed}"
+        assert tags["dqn_jax.sweep_id"] == sweep_id
+        assert run.data.metrics["train/states"] >= 200 and "episode/mean30" in run.data.metrics
+        # each loky worker pinned to its half of the cores, XLA told to share the GPU
+        assert 1 <= len(tags["dqn_jax.cpus"].split(",")) <= max(1, -(-available // 2))
+        assert tags["dqn_jax.xla_preallocate"] == "false"
+        assert tags["dqn_jax.xla_mem_fraction"] == "0.450"
+    if available >= 2:  # two workers, two slots
+        assert len({r.data.tags["dqn_jax.cpus"] for r in children}) == 2
+
+
+def test_a_failing_job_fails_alone_and_the_sweep_says_so(tmp_path):
+    """Job 0 is rejected by validation; job 1 still runs; the parent ends FAILED."""
+    result = run_app([*CART, MULTIRUN, "memory.batch_size=0,16"], cwd=tmp_path)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("dqn_jax: error: sweep ") and "1 of 2 jobs failed" in last, last
+    assert "job 0: ConfigError: memory.batch_size=0 is out of range" in last
+    parent, children = sweep_runs(client_for(tmp_path))
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["dqn_jax.jobs_failed"] == "1"
+    assert parent.data.tags["dqn_jax.jobs.1"] == "COMPLETED"
+    failed, finished = children
+    assert failed.info.status == "FAILED" and finished.info.status == "FINISHED"
+    assert failed.data.tags["dqn_jax.overrides"] == "memory.batch_size=0"
+    assert "memory.batch_size=0 is out of range" in failed.data.tags["dqn_jax.error"]
+    client = client_for(tmp_path)
+    assert "error.txt" in {a.path for a in client.list_artifacts(failed.info.run_id)}
+    assert finished.data.params["memory.batch_size"] == "16"
+
+
+def test_optuna_search_records_the_study_and_its_best_trial(tmp_path):
+    result = run_app([*CART, "hparams_search=breakout_optuna", "steps=100",
+                      "hydra.sweeper.n_trials=2", "test_episodes_after_training=2"], cwd=tmp_path)
+    assert_ok(result)
+    parent, children = sweep_runs(client_for(tmp_path))
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["dqn_jax.sweeper"].endswith("OptunaSweeper")
+    params = parent.data.params
+    assert params["sweep.direction"] == "maximize" and params["sweep.objective"] == "test/mean_score"
+    assert params["sweep.params.schedule.learning_rate.start"] == "tag(log, interval(1e-4, 3e-3))"
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+    scores = {r.info.run_id: r.data.metrics["test/mean_score"] for r in children}
+    assert parent.data.metrics["best_value"] == max(scores.values())
+    best = next(r for r in children if r.info.run_id == parent.data.tags["dqn_jax.best_run_id"])
+    assert scores[best.info.run_id] == max(scores.values())
+    for key in ("schedule.learning_rate.start", "memory.discount", "schedule.epsilon.span"):
+        assert float(params[f"best.{key}"]) == float(best.data.params[key])
+        assert f"{key}=" in best.data.tags["dqn_jax.overrides"]
+    assert (tmp_path / "runs" / "multirun" / parent.data.tags["dqn_jax.sweep_id"]
+            / "optimization_results.yaml").is_file()
+
+
+def test_a_job_through_submitits_local_executor(tmp_path):
+    """A job in a process of its own, pickled and read back as on Slurm."""
+    # choice(3): a sweep of one value, so the job's tags name it
+    result = run_app([*CART, MULTIRUN, "hydra/launcher=submitit_local_cpu", "seed=choice(3)"],
+                     cwd=tmp_path)
+    assert_ok(result)
+    parent, (child,) = sweep_runs(client_for(tmp_path))
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["dqn_jax.launcher"].endswith("submitit_launcher.LocalLauncher")
+    assert child.info.status == "FINISHED" and child.data.params["seed"] == "3"
+    assert child.data.tags["dqn_jax.overrides"] == "seed=3"
+    sweep_dir = tmp_path / "runs" / "multirun" / parent.data.tags["dqn_jax.sweep_id"]
+    assert list((sweep_dir / ".submitit").glob("*/*_result.pkl")), "submitit ran no job"
+
+
+@pytest.mark.slow
+def test_jobs_through_a_local_ray(tmp_path):
+    """About 1.5 minutes on 2 cores: starting Ray is most of it."""
+    result = run_app([*CART, MULTIRUN, "hydra/launcher=ray_local", "hydra.launcher.ray.init.num_cpus=2",
+                      "hydra.launcher.ray.remote.num_cpus=1", "seed=0,1"], cwd=tmp_path)
+    assert_ok(result)
+    parent, children = sweep_runs(client_for(tmp_path))
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["dqn_jax.launcher"].endswith("RayLauncher")
+    assert [r.data.params["seed"] for r in children] == ["0", "1"]
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
+# ---------------------------------------------------------------------------- a tracking server
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """``mlflow server`` on localhost with an SQLite store and proxied artifacts; stopped after."""
+    port = _free_port()
+    store = tmp_path / "server"
+    store.mkdir()
+    log = open(store / "server.log", "w")  # noqa: SIM115 - closed below
+    command = [str(Path(sys.executable).with_name("mlflow")), "server",
+               "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+               "--artifacts-destination", str(store / "artifacts"),
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not _healthy(url):
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not come up: {(store / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url, store
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+def test_a_sweep_sent_to_a_tracking_server_arrives_complete(tmp_path, mlflow_server):
+    url, store = mlflow_server
+    project = tmp_path / "project"
+    project.mkdir()
+    result = run_app([*CART, MULTIRUN, f"logger.tracking_uri={url}", "seed=0,1"], cwd=project)
+    assert_ok(result)
+    client = MlflowClient(tracking_uri=url)
+    parent, children = sweep_runs(client)
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["dqn_jax.sweep_id"] == parent.data.tags["dqn_jax.sweep_id"]
+        history = client.get_metric_history(run.info.run_id, "episode/mean30")
+        assert len(history) >= 2 and [m.step for m in history] == sorted(m.step for m in history)
+        assert {"config.yaml", "rewards.csv", "checkpoints"} <= {
+            a.path for a in client.list_artifacts(run.info.run_id)}
+    stored = list((store / "artifacts").rglob("rewards.csv"))
+    assert len(stored) == 2, "the artifacts did not reach the server's artifact store"
+    assert not (project / "mlruns.db").exists() and not (project / "mlartifacts").exists()
