@@ -1,0 +1,323 @@
+"""`make bench`: every speed and size target of the project, measured in one run.
+
+    .venv/bin/python experiments/bench.py [--quick] [--only acting,sweep,learner,tracking,memory,run]
+    make bench ARGS=--quick
+
+Prints one line per figure with its target and PASS / FAIL (or "info" where there is
+no target). Ratios are measured side by side in this run, alternating, with medians,
+because the machine may be shared; absolute figures are for this machine only.
+
+a. acting pipeline vs raw ale-py (8 games): minimal network >= 85%; nature, hvass: info
+b. jitted backward sweep vs a per-state Python loop at 200,000 states: >= 100x
+c. learner: optimise samples/s of the hvass network at batch 128 here; the GPU bound
+d. MLflow tracking overhead: training states/s with the tracker vs logger off >= 98%
+e. replay memory bytes per state within 5% of 16,800; peak RSS of a 200,000-state run
+   within 1.3x the memory's size
+f. a whole short run with the default network: states/s and the play/sweep/optimise shares
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import bench_acting  # noqa: E402
+import bench_core  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dqn_jax.agent import sweep_method  # noqa: E402
+
+RESULTS: list[dict] = []
+
+# H100 SXM5 (80 GB) data-sheet peaks, dense (no sparsity).
+H100 = {"bf16_flops": 989e12, "tf32_flops": 494.7e12, "fp32_flops": 66.9e12, "hbm_bytes_s": 3.35e12}
+
+
+def report(section: str, name: str, value: str, target: str = "", ok: bool | None = None) -> None:
+    verdict = "info" if ok is None else ("PASS" if ok else "FAIL")
+    RESULTS.append({"section": section, "name": name, "value": value, "target": target, "verdict": verdict})
+    print(f"[{section}] {name:<44} {value:<46} {('target ' + target) if target else '':<26} {verdict}",
+          flush=True)
+
+
+# ----------------------------------------------------------------------------- a. acting
+
+def bench_acting_pipeline(quick: bool) -> None:
+    for name in ("minimal", "nature", "hvass"):
+        steps = {"minimal": 150 if quick else 300, "nature": 40 if quick else 80, "hvass": 10 if quick else 20}[name]
+        repeats = (5 if quick else 7) if name == "minimal" else 3
+        r = bench_acting.measure(name, 8, steps, repeats)
+        value = f"{r['ratio']:.1%} ({r['agent']:.0f} vs {r['raw']:.0f} env-steps/s)"
+        if name == "minimal":
+            report("a", "acting pipeline, minimal network, 8 games", value, ">= 85% of raw ale-py",
+                   r["ratio"] >= 0.85)
+        else:
+            report("a", f"acting pipeline, {name} network, 8 games", value)
+
+
+# ------------------------------------------------------------------------------ b. sweep
+
+def bench_sweep(quick: bool) -> None:
+    s = bench_core.bench_sweep(python_rows=5_000 if quick else 25_000, repeats=5 if quick else 20)
+    how = "extrapolated from " + f"{s['python_rows'] * 8:,} states" if s["extrapolated"] else "timed in full"
+    report("b", f"python sweep, {s['states']:,} states", f"{s['python_s']:.2f} s ({how})")
+    auto = sweep_method("auto")
+    for method in ("scan", "associative"):
+        value = f"{s[f'{method}_speedup']:.0f}x ({s[f'{method}_s'] * 1e3:.1f} ms)"
+        mark = " [auto here]" if method == auto else ""
+        report("b", f"jitted sweep ({method}){mark} speed-up", value, ">= 100x",
+               s[f"{method}_speedup"] >= 100 if method == auto else None)
+
+
+# ---------------------------------------------------------------------------- c. learner
+
+def forward_flops(batch: int = 128, num_actions: int = 4) -> tuple[float, int]:
+    """XLA's FLOP count of the hvass forward pass at ``batch``, and the parameter count."""
+    from dqn_jax.config import NetworkConfig
+    from dqn_jax.networks import count_params, make_network
+
+    network = make_network(NetworkConfig(), num_actions)
+    x = jax.ShapeDtypeStruct((batch,) + bench_core.STATE_SHAPE, jnp.uint8)
+    params = jax.eval_shape(network.init, jax.random.key(0), x)
+    cost = jax.jit(network.apply).lower(params, x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    n_params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
+    del count_params
+    return float(cost["flops"]), n_params
+
+
+def gpu_bound(batch: int = 128) -> dict:
+    """Upper bound on H100 optimise samples/s from FLOPs and parameter/optimiser bytes.
+
+    time per update >= max(FLOPs / peak, bytes / HBM bandwidth), with
+    FLOPs = 3 x forward FLOPs (forward + backward: the backward pass costs about twice
+    the forward: gradients w.r.t. activations and w.r.t. weights), and bytes = 8 x
+    parameter bytes (forward read, backward read, gradient write + read, RMSProp
+    accumulator read + write, parameter read + write). Activations and the batch
+    gather (128 x 16.8 kB) are small next to the 154 MB of float32 parameters.
+    """
+    fwd, n_params = forward_flops(batch)
+    flops = 3 * fwd
+    moved = 8 * 4 * n_params
+    out = {"forward_flops": fwd, "step_flops": flops, "params": n_params, "step_bytes": moved}
+    t_bytes = moved / H100["hbm_bytes_s"]
+    for prec in ("fp32", "tf32", "bf16"):
+        t = max(flops / H100[f"{prec}_flops"], t_bytes)
+        out[f"{prec}_samples_s"] = batch / t
+        out[f"{prec}_bound_by"] = "compute" if flops / H100[f"{prec}_flops"] > t_bytes else "memory"
+    return out
+
+
+def bench_learner(quick: bool) -> None:
+    opt = bench_core.bench_optimise(iterations=3 if quick else 10)
+    report("c", f"optimise loop ({opt['loop']}), hvass, batch 128, CPU",
+           f"{opt['samples_per_s']:.0f} samples/s ({opt['steps_per_s']:.2f} steps/s)")
+    b = gpu_bound()
+    report("c", "hvass forward / update FLOPs per batch 128",
+           f"{b['forward_flops'] / 1e9:.1f} / {b['step_flops'] / 1e9:.1f} GFLOP (update = 3x fwd)")
+    report("c", "bytes moved per update (8 x params x 4 B)",
+           f"{b['step_bytes'] / 1e9:.2f} GB ({b['params'] / 1e6:.1f}M params)")
+    for prec, label in (("fp32", "fp32 (no tensor cores, 67 TF/s)"), ("tf32", "tf32 (495 TF/s)"),
+                        ("bf16", "bf16 (989 TF/s)")):
+        report("c", f"H100 bound, {label}",
+               f"<= {b[f'{prec}_samples_s']:,.0f} samples/s ({b[f'{prec}_bound_by']}-bound, 3.35 TB/s HBM)")
+
+
+# --------------------------------------------------------------------------- d. tracking
+
+TINY_NET = ["network.conv_features=[4,8]", "network.conv_kernels=[3,3]", "network.conv_strides=[4,4]",
+            "network.dense=[16]"]
+
+
+def _compose(overrides):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from dqn_jax.config import register_configs, validate
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = OmegaConf.to_object(compose(config_name="config", overrides=list(overrides)))
+    validate(cfg)
+    return cfg
+
+
+class _TrainHarness:
+    """What app.run_train sets up, kept so that runs can alternate in one process."""
+
+    def __init__(self, root: Path, overrides):
+        from dqn_jax import agent
+        from dqn_jax.app import Parts
+        from dqn_jax.config import num_envs
+        from dqn_jax.envs import make_games
+        from dqn_jax.learner import make_learner
+        from dqn_jax.schedules import ControlSignals
+
+        self.root = root
+        self.cfg = _compose([f"paths.root={root}", "progress=false", "checkpoint.resume=false", *overrides])
+        cfg = self.cfg
+        self.games = make_games(cfg.env, num_envs(cfg.env), cfg.seed)
+        self.parts = Parts(cfg, self.games, cfg.seed)
+        self.signals = ControlSignals.from_config(cfg.schedule)
+        self.learner = make_learner(self.parts.network, self.parts.optimizer, cfg.memory.batch_size,
+                                    cfg.memory.error_threshold, cfg.memory.min_high_error_share,
+                                    cfg.schedule.loss_window)
+        self.player = agent.Player(self.parts.network, cfg.env, self.signals.epsilon)
+        self.runs = 0
+
+    def states_per_second(self, logger: str) -> float:
+        import jax.tree_util as tu
+
+        from dqn_jax import agent, tracking
+        from dqn_jax.checkpoints import Checkpointer
+
+        self.runs += 1
+        cfg = self.cfg
+        cfg.logger.name = logger
+        run_dir = self.root / "runs" / f"r{self.runs}"
+        run_dir.mkdir(parents=True)
+        checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep)
+        tracker = tracking.start_tracker(cfg, run_dir, run_name=f"bench-{self.runs}", resume=False)
+        train_state = tu.tree_map(jnp.copy, self.parts.train_state)
+        counters = agent.Counters()
+        start = time.perf_counter()
+        agent.train(cfg, games=self.games, player=self.player, learner=self.learner, signals=self.signals,
+                    train_state=train_state, key=self.parts.key, counters=counters,
+                    checkpointer=checkpointer, tracker=tracker, run_dir=run_dir)
+        tracker.flush()
+        seconds = time.perf_counter() - start
+        tracker.finish("FINISHED")
+        return counters.states / seconds
+
+    def close(self):
+        self.games.close()
+
+
+def bench_tracking(quick: bool) -> None:
+    steps = 2000 if quick else 3000
+    repeats = 3 if quick else 5
+    with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
+        h = _TrainHarness(Path(tmp), [*TINY_NET, "memory.size=2000", "memory.batch_size=32", "env.num_envs=2",
+                                      f"steps={steps}", "logger.flush_seconds=2.0"])
+        h.states_per_second("none")  # compile everything once
+        h.states_per_second("mlflow")
+        rates = {"mlflow": [], "none": []}
+        for i in range(repeats):  # alternate, in both orders
+            for logger in (("mlflow", "none") if i % 2 == 0 else ("none", "mlflow")):
+                rates[logger].append(h.states_per_second(logger))
+        h.close()
+    on, off = float(np.median(rates["mlflow"])), float(np.median(rates["none"]))
+    ratio = float(np.median(np.array(rates["mlflow"]) / np.array(rates["none"])))  # per pair
+    report("d", f"training with MLflow vs logger off ({steps} states)",
+           f"{ratio:.1%} ({on:.0f} vs {off:.0f} states/s)", ">= 98%", ratio >= 0.98)
+
+
+# ----------------------------------------------------------------------------- e. memory
+
+def _run_app(args, cwd: Path, timeout: float):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "dqn_jax", f"paths.root={cwd}", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def bench_memory(quick: bool) -> None:
+    size = bench_core.memory_bytes_per_state()
+    report("e", "replay memory bytes per state", f"{size['bytes_per_state']:,.0f} B "
+           f"({size['total_gb']:.2f} GB for {size['states']:,})", "within 5% of 16,800",
+           abs(size["bytes_per_state"] / 16_800 - 1) <= 0.05)
+    # One learning cycle of a 200,000-state run: the replay fraction starts at 0.1 and
+    # rises by 0.9 per 5M states, so the first sweep and optimise come after ~20,750 states.
+    games = 4
+    steps = 21_000
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    with tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp:
+        start = time.perf_counter()
+        r = _run_app([*TINY_NET, "memory.size=200000", f"env.num_envs={games}", "logger=none", f"steps={steps}",
+                      "progress=false", "schedule.max_epochs.start=0.05", "schedule.min_epochs=0.05"],
+                     Path(tmp), timeout=900)
+        seconds = time.perf_counter() - start
+        found = re.search(r"^\s*cycles\s+(\d+)", r.stdout, re.MULTILINE)
+        cycles = int(found.group(1)) if found else 0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
+    if r.returncode != 0:
+        report("e", "peak RSS of a 200,000-state run", f"run failed: {r.stderr[-300:]!r}", "<= 1.3x memory", False)
+        return
+    if before * 1024 >= peak:
+        report("e", "peak RSS of a 200,000-state run", "not measurable (an earlier child was larger)")
+        return
+    ratio = peak / (size["total_gb"] * 1e9)
+    if cycles < 1:
+        report("e", "peak RSS of a 200,000-state run", "the run ended before its first learning cycle",
+               "<= 1.3x the memory", False)
+        return
+    report("e", f"peak RSS, 200,000-state memory, {steps:,} st., {cycles} cycle",
+           f"{peak / 1e9:.2f} GB = {ratio:.2f}x the memory ({seconds:.0f} s run)", "<= 1.3x the memory",
+           ratio <= 1.3)
+
+
+# --------------------------------------------------------------------------- f. whole run
+
+def bench_whole_run(quick: bool) -> None:
+    from mlflow.tracking import MlflowClient
+
+    memory = 1000 if quick else 2000
+    steps = 500 if quick else 1000
+    with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
+        start = time.perf_counter()
+        r = _run_app([f"memory.size={memory}", f"steps={steps}", "progress=false", "name=bench"],
+                     Path(tmp), timeout=900)
+        wall = time.perf_counter() - start
+        if r.returncode != 0:
+            report("f", "whole run (default config)", f"run failed: {r.stderr[-300:]!r}")
+            return
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlruns.db")
+        exp = client.get_experiment_by_name("dqn_jax/breakout")
+        (run,) = [x for x in client.search_runs([exp.experiment_id])
+                  if "mlflow.parentRunId" not in x.data.tags]
+        parts = {}
+        for name in ("play", "sweep", "optimise"):
+            parts[name] = sum(m.value for m in client.get_metric_history(run.info.run_id, f"cycle/{name}_seconds"))
+        cycles = len(client.get_metric_history(run.info.run_id, "cycle/play_seconds"))
+        states = run.data.metrics["train/states"]
+    total = sum(parts.values())
+    shares = ", ".join(f"{k} {v / total:.0%}" for k, v in parts.items())
+    report("f", f"whole run, hvass, memory {memory}, {cycles} cycles",
+           f"{states / total:.0f} states/s over the cycles ({shares})")
+    report("f", "whole run, wall clock incl. start-up", f"{states / wall:.0f} states/s ({wall:.0f} s)")
+
+
+SECTIONS = {"acting": bench_acting_pipeline, "sweep": bench_sweep, "learner": bench_learner,
+            "tracking": bench_tracking, "memory": bench_memory, "run": bench_whole_run}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (about half the time)")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    args = parser.parse_args(argv)
+    print(f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}), "
+          f"{os.cpu_count()} cores", flush=True)
+    start = time.perf_counter()
+    for name in args.only.split(","):
+        t = time.perf_counter()
+        SECTIONS[name](args.quick)
+        print(f"  ({name}: {time.perf_counter() - t:.0f} s)", flush=True)
+    print(f"total {time.perf_counter() - start:.0f} s", flush=True)
+    return 0 if all(r["verdict"] != "FAIL" for r in RESULTS) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
