@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +13,17 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dqn_jax.compare import Child, group_children, main, score_table, table_markdown
-from tests.conftest import TINY, run_app
+from tests.conftest import ROOT, TINY, run_app
 
 CART = [*TINY, "env=cartpole", "network=mlp", "network.dense=[16]", "steps=200"]
+# the code of this checkout, also in subprocesses that run outside it
+ENV = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
 
 
 def compare_cli(*args, cwd: Path, script: str | None = None) -> subprocess.CompletedProcess:
     command = [script] if script else [sys.executable, "-m", "dqn_jax.compare"]
-    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **ENV})
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +31,7 @@ def sweep(tmp_path_factory):
     """A finished 2 x 2 sweep: two learning rates, two seeds each."""
     root = tmp_path_factory.mktemp("sweep")
     result = run_app([*CART, "hydra.mode=MULTIRUN", "schedule.learning_rate.start=1e-3,3e-4",
-                      "seed=0,1"], cwd=root)
+                      "seed=0,1"], cwd=root, env_extra=ENV)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{root}/mlruns.db")
     (parent,) = client.search_runs([client.get_experiment_by_name("dqn_jax/CartPole-v1").experiment_id],

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -19,11 +20,18 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import CONF, TINY, run_app
+from tests.conftest import CONF, ROOT, TINY
+from tests.conftest import run_app as _run_app
 
 MULTIRUN = "hydra.mode=MULTIRUN"
 CART = [*TINY, "env=cartpole", "network=mlp", "network.dense=[16]", "steps=200"]
 EXPERIMENT = "dqn_jax/CartPole-v1"
+
+
+def run_app(args, cwd: Path, env_extra=None) -> subprocess.CompletedProcess:
+    """The app of this checkout (the jobs run outside it, where an installed copy could win)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return _run_app(args, cwd=cwd, env_extra={"PYTHONPATH": path, **(env_extra or {})})
 
 
 def client_for(root: Path) -> MlflowClient:
@@ -176,6 +184,47 @@ def test_jobs_through_a_local_ray(tmp_path):
     parent, children = sweep_runs(client_for(tmp_path))
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["dqn_jax.launcher"].endswith("RayLauncher")
+    assert [r.data.params["seed"] for r in children] == ["0", "1"]
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
+@pytest.fixture
+def ray_cluster():
+    """``ray start --head`` on this machine, as a cluster started beforehand; stopped after."""
+    temp = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # Ray's socket paths must stay short
+    port = _free_port()
+    log = open(temp / "ray.log", "w")  # noqa: SIM115 - closed below
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head",
+                             f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+                             "--include-dashboard=false", f"--temp-dir={temp / 'ray'}", "--block"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "--block" not in (temp / "ray.log").read_text():
+            if head.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ray start failed: {(temp / 'ray.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_jobs_through_an_existing_ray_cluster(tmp_path, ray_cluster):
+    """hydra/launcher=ray_cluster against a cluster it did not start (about 2 minutes)."""
+    result = run_app([*CART, MULTIRUN, "hydra/launcher=ray_cluster",
+                      f"hydra.launcher.ray.init.address={ray_cluster}",
+                      "hydra.launcher.ray.remote.num_cpus=1", "hydra.launcher.ray.remote.num_gpus=0",
+                      "seed=0,1"], cwd=tmp_path, env_extra={"RAY_AUTH_MODE": "token"})
+    assert_ok(result)
+    parent, children = sweep_runs(client_for(tmp_path))
+    assert parent.info.status == "FINISHED"
     assert [r.data.params["seed"] for r in children] == ["0", "1"]
     assert all(r.info.status == "FINISHED" for r in children)
 
