@@ -48,3 +48,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf runs outputs multirun mlruns.db mlartifacts .pytest_cache
+
+## Compare a sweep's runs (curves + table, logged to its parent): make compare ARGS="--sweep-id ID"
+.PHONY: compare
+compare: $(STAMP)
+	$(BIN)/python -m dqn_jax.compare $(ARGS)
