@@ -21,11 +21,14 @@ on one machine its share of the cores and of the GPU's memory.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,11 @@ log = logging.getLogger(__name__)
 PARENT_RUN_ENV = "DQN_JAX_PARENT_RUN_ID"  # set while a sweep's parent run is open
 JOB_TAG = "dqn_jax.jobs."  # parent tags dqn_jax.jobs.<num> = COMPLETED | FAILED: <error>
 MAX_TAG_LENGTH = 5000  # MLflow's limit on a tag value is 8000 characters
+INTERRUPTED_FILE = ".interrupted"  # in the sweep directory after a Ctrl-C
+
+
+class SweepInterrupted(RuntimeError):
+    """A job not started because the sweep was interrupted (Ctrl-C)."""
 
 
 # ---------------------------------------------------------------------------- the jobs' side
@@ -134,10 +142,27 @@ class SweepParentCallback(Callback):
         self.tracker: tracking.Tracker = tracking.NullTracker()
         self.config: DictConfig | None = None  # the sweep's config, while its parent is open
         self._job_started_ms = 0
+        self._interrupted = False
 
     def __getstate__(self) -> dict:
         # Launchers pickle the callbacks to their workers; the parent run stays here.
-        return {"tracker": tracking.NullTracker(), "config": None, "_job_started_ms": 0}
+        return {"tracker": tracking.NullTracker(), "config": None, "_job_started_ms": 0,
+                "_interrupted": False}
+
+    def _watch_ctrl_c(self) -> None:
+        """Remember a Ctrl-C (the parent then ends KILLED, not FAILED), then do as before."""
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum, frame):
+            self._interrupted = True
+            with contextlib.suppress(OSError):  # for the jobs in other processes
+                (Path(str(self.config.hydra.sweep.dir)) / INTERRUPTED_FILE).touch()
+            if callable(previous):
+                return previous(signum, frame)
+            raise KeyboardInterrupt
+
+        with contextlib.suppress(ValueError):  # not the main thread: a Ctrl-C reads as a failure
+            signal.signal(signal.SIGINT, on_sigint)
 
     # -- the launching process
 
@@ -159,7 +184,11 @@ class SweepParentCallback(Callback):
         self.config = config
         self.tracker.log_params(_sweep_params(config))
         os.environ[PARENT_RUN_ENV] = self.tracker.run_id
-        atexit.register(self._close_at_exit)
+        # Closed at exit if the multirun does not end normally: before Python waits for
+        # the threads left running (a job's hung thread must not keep the parent open).
+        register = getattr(threading, "_register_atexit", atexit.register)
+        register(self._close_at_exit)
+        self._watch_ctrl_c()
         log.info("MLflow: sweep %s, parent run %s", sid, self.tracker.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -169,20 +198,39 @@ class SweepParentCallback(Callback):
         if results.is_file():
             self._log_best(OmegaConf.to_container(OmegaConf.load(results)))
         total, failed = self._count_jobs()
-        self._close("FINISHED", total, failed)
+        self._close("KILLED" if self._interrupted else "FINISHED", total, failed)
 
     def _close_at_exit(self) -> None:
-        """The sweeper raised (a failed job, Ctrl-C): close the parent, say why."""
+        """The sweep ended early (a failed job, a launcher error, Ctrl-C): close the parent, say why."""
         if self.config is None:
             return
         sid, run_id = sweep_id(self.config.hydra.sweep.dir), self.tracker.run_id
         total, failed = self._count_jobs()
-        status = "FAILED" if failed else "KILLED"
+        status = "FAILED" if failed or not self._interrupted else "KILLED"
+        self._close_orphans()
         self._close(status, total, failed)
-        what = (f"{len(failed)} of {total} jobs failed ({'; '.join(failed[:3])})" if failed
-                else "the sweep stopped before its jobs finished")
+        if failed:
+            what = f"{len(failed)} of {total} jobs failed ({'; '.join(failed[:3])})"
+        elif self._interrupted:
+            what = f"interrupted after {_jobs(total)}"
+        else:
+            what = f"the sweep failed after {_jobs(total)} (the error is above)"
         print(f"dqn_jax: error: sweep {sid}: {what}; MLflow parent run {run_id} ended {status}",
               file=sys.stderr)
+
+    def _close_orphans(self) -> None:
+        """Children left RUNNING (their worker was stopped with the sweep) end KILLED.
+
+        A job still running elsewhere (a cluster) sets its own status when it ends.
+        """
+        try:
+            client = _client(self.config)
+            for child in _children(client, self.tracker.run_id):
+                if child.info.status == "RUNNING":
+                    client.set_tag(child.info.run_id, "dqn_jax.closed_by_sweep", "true")
+                    client.set_terminated(child.info.run_id, "KILLED")
+        except Exception as exc:
+            log.warning("MLflow: could not close the sweep's unfinished runs: %s", exc)
 
     def _count_jobs(self) -> tuple[int, list[str]]:
         try:
@@ -224,6 +272,12 @@ class SweepParentCallback(Callback):
     # -- each job's process
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # After a Ctrl-C (the running jobs save and close their runs) start no more jobs;
+        # the parent is closed KILLED at exit.
+        if self._interrupted:
+            raise SystemExit(130)  # the launching process (basic launcher)
+        if _is_multirun(config.hydra) and (Path(str(config.hydra.sweep.dir)) / INTERRUPTED_FILE).exists():
+            raise SweepInterrupted(f"the sweep was interrupted; job {config.hydra.job.num} not started")
         self._job_started_ms = int(time.time() * 1000) - 1000
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
@@ -263,6 +317,10 @@ class SweepParentCallback(Callback):
         if parent_id:
             status = f"FAILED: {_error_line(error)}" if failed else "COMPLETED"
             client.set_tag(parent_id, f"{JOB_TAG}{config.hydra.job.num}", _cut(status))
+
+
+def _jobs(count: int) -> str:
+    return f"{count} job" if count == 1 else f"{count} jobs"
 
 
 def _sweep_params(config: DictConfig) -> dict[str, Any]:
