@@ -46,7 +46,10 @@ def compose_config(overrides=(), tmp_path: Path | None = None, to_object: bool =
 
 def run_app(args, cwd: Path, timeout: float = 600, env_extra=None) -> subprocess.CompletedProcess:
     """``python -m dqn_jax ARGS`` in a subprocess, everything written under ``cwd``."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu", **(env_extra or {})}
+    # PYTHONPATH: the subprocess runs this checkout's code, whatever the venv points at.
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path,
+           **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "dqn_jax", f"paths.root={cwd}", *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=timeout)
 
