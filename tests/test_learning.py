@@ -1,0 +1,82 @@
+"""It learns: the tutorial's algorithm, unchanged, run end to end in a subprocess.
+
+* CartPole-v1 with the MLP (CI, a few minutes on 2 CPU cores): the recipe
+  ``experiment=cartpole`` must reach a mean of at least 475 over 20 test episodes.
+* Breakout on the CPU with a small CNN (``make test-slow``): the recipe
+  ``experiment=breakout_cpu_check`` must beat random play by a clear margin.
+* The evaluation protocol: ``mode=test test_checkpoints=all`` tests every kept
+  checkpoint and logs one score per checkpoint, at its state count, to a child run.
+
+Scores are read back from the MLflow store the run wrote, not from its console.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run_app
+
+CARTPOLE_TARGET = 475.0  # CartPole-v1 ends an episode at 500 steps
+
+
+def _client(root) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlruns.db")
+
+
+def _runs(root, experiment: str):
+    """(training runs, test runs) of an experiment in the store under ``root``."""
+    client = _client(root)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"the experiment {experiment} was not created"
+    runs = client.search_runs([exp.experiment_id])
+    train = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    test = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return train, test
+
+
+def _tail(result) -> str:
+    return result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_cartpole_learns_to_balance(tmp_path):
+    start = time.perf_counter()
+    result = run_app(["experiment=cartpole"], cwd=tmp_path, timeout=900)
+    wall = time.perf_counter() - start
+    assert result.returncode == 0, _tail(result)
+    (run,), _ = _runs(tmp_path, "dqn_jax/CartPole-v1")
+    metrics = run.data.metrics
+    print(f"\ncartpole: {metrics['train/states']:.0f} states, {wall:.0f} s, test over "
+          f"{metrics['test/episodes']:.0f} episodes: mean {metrics['test/mean_score']:.1f}, "
+          f"min {metrics['test/min_score']:.0f}")
+    assert metrics["test/episodes"] == 20
+    assert metrics["test/mean_score"] >= CARTPOLE_TARGET, _tail(result)
+
+
+def test_every_kept_checkpoint_gets_a_test_score(tmp_path):
+    """The score-over-training curve: one test/mean_score point per kept checkpoint."""
+    tiny_cartpole = [
+        "env=cartpole", "network=mlp", "network.dense=[16]", "memory.size=128",
+        "memory.batch_size=16", "env.num_envs=2", "schedule.max_epochs.start=1",
+        "schedule.max_epochs.end=1", "schedule.replay_fraction.start=0.5", "progress=false",
+        "name=curve", "checkpoint.keep=5",
+    ]
+    trained = run_app([*tiny_cartpole, "steps=1000"], cwd=tmp_path)
+    assert trained.returncode == 0, _tail(trained)
+    checkpoints = tmp_path / "runs/cartpole/curve/checkpoints"
+    kept = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    assert len(kept) == 5, kept  # more cycles than kept: the oldest were deleted
+
+    tested = run_app([*tiny_cartpole, "mode=test", "test_checkpoints=all", "episodes=2"],
+                     cwd=tmp_path)
+    assert tested.returncode == 0, _tail(tested)
+    (train_run,), test_runs = _runs(tmp_path, "dqn_jax/CartPole-v1")
+    (test_run,) = test_runs
+    assert test_run.data.tags["mlflow.parentRunId"] == train_run.info.run_id
+    history = _client(tmp_path).get_metric_history(test_run.info.run_id, "test/mean_score")
+    assert sorted(m.step for m in history) == kept
+    episodes = _client(tmp_path).get_metric_history(test_run.info.run_id, "test/episodes")
+    assert [m.value for m in episodes] == [2.0] * len(kept)
+    for name in ("test/min_score", "test/max_score", "test/std_score"):
+        assert len(_client(tmp_path).get_metric_history(test_run.info.run_id, name)) == len(kept)
