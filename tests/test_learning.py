@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import run_app
@@ -52,6 +53,30 @@ def test_cartpole_learns_to_balance(tmp_path):
           f"min {metrics['test/min_score']:.0f}")
     assert metrics["test/episodes"] == 20
     assert metrics["test/mean_score"] >= CARTPOLE_TARGET, _tail(result)
+
+
+@pytest.mark.slow
+def test_breakout_on_a_cpu_beats_random_play(tmp_path):
+    """About 7 minutes on 2 CPU cores: 300,000 states, then 30 test episodes.
+
+    Random play is measured on the same games (same settings, seed and test protocol)
+    by testing the trained checkpoint with epsilon 1.
+    """
+    start = time.perf_counter()
+    trained = run_app(["experiment=breakout_cpu_check"], cwd=tmp_path, timeout=1800)
+    wall = time.perf_counter() - start
+    assert trained.returncode == 0, _tail(trained)
+    randomly = run_app(["experiment=breakout_cpu_check", "mode=test", "schedule.epsilon_test=1.0",
+                        "episodes=30"], cwd=tmp_path, timeout=600)
+    assert randomly.returncode == 0, _tail(randomly)
+    (run,), (random_run,) = _runs(tmp_path, "dqn_jax/breakout")
+    agent, chance = run.data.metrics, random_run.data.metrics
+    assert agent["test/episodes"] == chance["test/episodes"] == 30
+    bar = max(2 * chance["test/mean_score"], chance["test/mean_score"] + 3 * chance["test/std_score"])
+    print(f"\nbreakout: {agent['train/states']:.0f} states, {wall:.0f} s; test mean "
+          f"{agent['test/mean_score']:.2f} (std {agent['test/std_score']:.2f}) against random "
+          f"{chance['test/mean_score']:.2f} (std {chance['test/std_score']:.2f}); bar {bar:.2f}")
+    assert agent["test/mean_score"] >= bar, _tail(trained)
 
 
 def test_every_kept_checkpoint_gets_a_test_score(tmp_path):
