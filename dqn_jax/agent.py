@@ -43,9 +43,14 @@ def state_spec(env_cfg, observation_shape, observation_dtype) -> tuple[tuple[int
 
 
 class Player:
-    """Acting for N games at once, compiled once; epsilon comes from ``epsilon_fn(count)``."""
+    """Acting for N games at once, compiled once; epsilon comes from ``epsilon_fn(count)``.
 
-    def __init__(self, network, env_cfg, epsilon_fn):
+    ``act`` chooses actions (testing). ``play`` is the training step: it closes the
+    previous step's memory row with that step's outcome, chooses the actions and writes
+    the decision into the next row, all in one jitted call on the donated memory.
+    """
+
+    def __init__(self, network, env_cfg, epsilon_fn, reward_clip: float = 1.0):
         motion = env_cfg.kind == "atari" and env_cfg.motion_trace
         threshold, decay = float(env_cfg.trace_threshold), float(env_cfg.trace_decay)
         self.motion = motion
@@ -61,7 +66,26 @@ class Player:
             actions = epsilon_greedy(pick, q_values, epsilon)
             return key, tracer, states, q_values, actions, epsilon
 
+        def play(params, memory, tracer, frames, restart, key, count, outcome, pending):
+            memory = replay.record_outcome(memory, *outcome, reward_clip, pending)
+            key, tracer, states, q_values, actions, epsilon = act(params, tracer, frames, restart, key, count)
+            memory = replay.record_decision(memory, states, q_values, actions)
+            return memory, key, tracer, actions, epsilon
+
         self.act = jax.jit(act, donate_argnums=(1,))
+        self._play = jax.jit(play, donate_argnums=(1, 2))
+
+    def play(self, params, memory, tracer, frames, restart, key, count, outcome=None):
+        """One training step: returns (memory, key, tracer, actions, epsilon).
+
+        ``outcome`` is the previous step's (rewards, end_life, end_episode), or None
+        when no memory row is open (the first step after the memory was emptied).
+        """
+        pending = outcome is not None
+        if not pending:
+            games = np.shape(frames)[0]
+            outcome = (np.zeros(games, np.float32), np.zeros(games, bool), np.zeros(games, bool))
+        return self._play(params, memory, tracer, frames, restart, key, count, outcome, pending)
 
     def start(self, frames):
         """The tracer state for the first frames (None without a motion trace).
@@ -132,14 +156,14 @@ def train(cfg, *, games, player, learner, signals, train_state, key, counters: C
             bar = tqdm(total=target_rows * num_games, desc=f"cycle {counters.cycles + 1}: playing",
                        unit="state", leave=False, disable=not cfg.progress)
             play_start, play_states = time.perf_counter(), counters.states
+            outcome = None  # the last step's (rewards, end_life, ended), not yet in the memory
             while rows < target_rows and budget_left():
-                key, tracer, states, q_values, actions, epsilon = player.act(
-                    train_state.params, tracer, frames, restart, key, counters.states)
+                memory, key, tracer, actions, epsilon = player.play(
+                    train_state.params, memory, tracer, frames, restart, key, counters.states, outcome)
                 step = games.step(np.asarray(actions))
                 ended = step.terminated | step.truncated
                 end_life = (step.lives < lives) & ~ended
-                memory = replay.add_jit(memory, states, q_values, actions, step.rewards,
-                                        end_life, ended, cfg.memory.reward_clip)
+                outcome = (step.rewards, end_life, ended)
                 rows += 1
                 counters.states += num_games
                 scores += step.rewards
@@ -158,6 +182,7 @@ def train(cfg, *, games, player, learner, signals, train_state, key, counters: C
             bar.close()
             if rows < target_rows:
                 break  # the budget ran out before the memory was ready
+            memory = replay.record_outcome_jit(memory, *outcome, cfg.memory.reward_clip)
             play_seconds = time.perf_counter() - play_start
             memory, train_state, key, last_loss = _learn(
                 cfg, learner, signals, memory, train_state, key, counters, tracker, q_log,

@@ -80,7 +80,7 @@ def run_train(cfg, run_dir: Path):
                                error_threshold=cfg.memory.error_threshold,
                                min_high_share=cfg.memory.min_high_error_share,
                                loss_window=cfg.schedule.loss_window)
-        player = agent.Player(parts.network, cfg.env, signals.epsilon)
+        player = agent.Player(parts.network, cfg.env, signals.epsilon, cfg.memory.reward_clip)
         train_state, key, result = agent.train(
             cfg, games=games, player=player, learner=learner, signals=signals,
             train_state=train_state, key=key, counters=counters, checkpointer=checkpointer,

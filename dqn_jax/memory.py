@@ -5,6 +5,7 @@ each game's column is a contiguous history. The memory is a pytree of device arr
 and every operation is a pure function over it:
 
 * :func:`add` writes the next row (jit it with the memory donated: :data:`add_jit`);
+  acting writes it in two halves, :func:`record_decision` and :func:`record_outcome`;
 * :func:`sweep` walks each game's history backwards and turns the Q-values estimated
   while acting into training targets (the tutorial's backward sweep), exactly, either
   with a sequential ``lax.scan`` or in parallel with ``lax.associative_scan``;
@@ -72,32 +73,60 @@ def init_memory(steps: int, num_games: int, state_shape, state_dtype, num_action
     )
 
 
-def add(memory: ReplayMemory, states, q_values, actions, rewards, end_life, end_episode,
-        reward_clip=1.0) -> ReplayMemory:
-    """Write one time step of all games into row ``count`` and advance ``count``.
+def record_decision(memory: ReplayMemory, states, q_values, actions) -> ReplayMemory:
+    """Write what the agent saw and chose into row ``count`` (the row stays open).
 
-    Rewards are stored clipped to [-reward_clip, reward_clip]. Adding to a full memory
-    writes nothing and leaves ``count`` at ``steps``: sweep and reset before that.
+    Acting writes a row in two halves: the decision before the games step, the outcome
+    after. Keeping them apart lets the acting step write its half inside the same jitted
+    call that chose the actions: one dispatch per step, no state copy through the host.
+    A full memory writes nothing.
     """
     row = memory.count
 
     def put(table, value):
         return table.at[row].set(jnp.asarray(value, table.dtype), mode="drop")
 
+    return memory.replace(states=put(memory.states, states), q_values=put(memory.q_values, q_values),
+                          actions=put(memory.actions, actions))
+
+
+def record_outcome(memory: ReplayMemory, rewards, end_life, end_episode, reward_clip=1.0,
+                   pending=True) -> ReplayMemory:
+    """Write the games' response into row ``count`` and close it (``count`` + 1).
+
+    Rewards are stored clipped to [-reward_clip, reward_clip]. ``pending`` (may be
+    traced) false writes nothing: there is no open row to close. A full memory writes
+    nothing and leaves ``count`` at ``steps``.
+    """
+    pending = jnp.asarray(pending, bool)
+    row = jnp.where(pending, memory.count, memory.steps)  # out of range: dropped
+
+    def put(table, value):
+        return table.at[row].set(jnp.asarray(value, table.dtype), mode="drop")
+
     clipped = jnp.clip(jnp.asarray(rewards, jnp.float32), -reward_clip, reward_clip)
     return memory.replace(
-        states=put(memory.states, states),
-        q_values=put(memory.q_values, q_values),
-        actions=put(memory.actions, actions),
         rewards=put(memory.rewards, clipped),
         end_life=put(memory.end_life, end_life),
         end_episode=put(memory.end_episode, end_episode),
-        count=jnp.minimum(row + 1, memory.steps).astype(jnp.int32),
+        count=jnp.minimum(memory.count + pending.astype(jnp.int32), memory.steps).astype(jnp.int32),
     )
+
+
+def add(memory: ReplayMemory, states, q_values, actions, rewards, end_life, end_episode,
+        reward_clip=1.0) -> ReplayMemory:
+    """Write one whole time step of all games into row ``count`` and advance ``count``.
+
+    Rewards are stored clipped to [-reward_clip, reward_clip]. Adding to a full memory
+    writes nothing and leaves ``count`` at ``steps``: sweep and reset before that.
+    """
+    memory = record_decision(memory, states, q_values, actions)
+    return record_outcome(memory, rewards, end_life, end_episode, reward_clip)
 
 
 # The memory is donated so the (multi-GB) buffers are updated in place.
 add_jit = jax.jit(add, donate_argnums=0)
+record_outcome_jit = jax.jit(record_outcome, donate_argnums=0)
 
 
 def reset(memory: ReplayMemory) -> ReplayMemory:

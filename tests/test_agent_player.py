@@ -28,15 +28,12 @@ def reference_step(network, params, tracer, frames, restart, key, count, epsilon
     return key, TracerState(frame, output), states, q, epsilon_greedy(pick, q, epsilon), epsilon
 
 
-def test_act_matches_reference_composition_and_memory_rows():
+def _setup(num_games=3, num_actions=4, steps=9):
     env = EnvConfig(height=12, width=10, trace_threshold=20.0, trace_decay=0.75)
-    num_games, num_actions, steps = 3, 4, 9
     network = make_network(NetworkConfig(name="mlp", dense=[8], init_stddev=0.0), num_actions)
     shape, dtype = state_spec(env, (12, 10), np.uint8)
     params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape), dtype))
     epsilon_fn = linear_signal(1.0, 0.1, 40.0)
-    player = Player(network, env, epsilon_fn)
-
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (steps + 1, num_games, 12, 10), dtype=np.uint8)
     frames[3:6, :, :4] = frames[3, :, :4]  # still pixels: the decay path
@@ -44,12 +41,18 @@ def test_act_matches_reference_composition_and_memory_rows():
     restarts[0] = True
     rewards = rng.choice([-2.0, 0.0, 1.0], (steps, num_games)).astype(np.float32)
     ends = rng.random((steps, num_games)) < 0.2
+    return env, network, shape, dtype, params, epsilon_fn, frames, restarts, rewards, ends
 
+
+def test_act_matches_reference_composition_and_memory_rows():
+    env, network, shape, dtype, params, epsilon_fn, frames, restarts, rewards, ends = _setup()
+    steps, num_games = rewards.shape
+    player = Player(network, env, epsilon_fn)
     tracer = player.start(frames[0])
     ref_tracer = TracerState(jnp.asarray(frames[0], jnp.float32), jnp.zeros(frames[0].shape, jnp.float32))
     key = ref_key = jax.random.PRNGKey(3)
-    memory = replay.init_memory(steps, num_games, shape, dtype, num_actions)
-    ref_memory = replay.init_memory(steps, num_games, shape, dtype, num_actions)
+    memory = replay.init_memory(steps, num_games, shape, dtype, 4)
+    ref_memory = replay.init_memory(steps, num_games, shape, dtype, 4)
     for t in range(steps):
         count = t * num_games
         key, tracer, states, q, actions, eps = player.act(params, tracer, frames[t], restarts[t], key, count)
@@ -64,6 +67,35 @@ def test_act_matches_reference_composition_and_memory_rows():
         np.testing.assert_array_equal(np.asarray(tracer.last_input, np.float32), np.asarray(ref_tracer.last_input))
         memory = replay.add_jit(memory, states, q, actions, rewards[t], ends[t], ends[t], 1.0)
         ref_memory = replay.add(ref_memory, ref_states, ref_q, ref_actions, rewards[t], ends[t], ends[t], 1.0)
+    for got, want in zip(jax.tree_util.tree_leaves(memory), jax.tree_util.tree_leaves(ref_memory), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_play_writes_the_rows_that_act_then_add_write():
+    """The fused training step (outcome of step t-1, decision of step t, one call) fills
+    the memory exactly as act + add per step, and leaves the last row open until its
+    outcome is recorded."""
+    env, network, shape, dtype, params, epsilon_fn, frames, restarts, rewards, ends = _setup()
+    steps, num_games = rewards.shape
+    player = Player(network, env, epsilon_fn, reward_clip=1.0)
+    tracer, ref_tracer = player.start(frames[0]), player.start(frames[0])
+    key = ref_key = jax.random.PRNGKey(5)
+    memory = replay.init_memory(steps, num_games, shape, dtype, 4)
+    ref_memory = replay.init_memory(steps, num_games, shape, dtype, 4)
+    outcome = None
+    for t in range(steps):
+        count = t * num_games
+        memory, key, tracer, actions, _ = player.play(params, memory, tracer, frames[t], restarts[t], key,
+                                                      count, outcome)
+        assert int(memory.count) == t  # the row just decided stays open
+        ref_key, ref_tracer, states, q, ref_actions, _ = player.act(params, ref_tracer, frames[t], restarts[t],
+                                                                   ref_key, count)
+        np.testing.assert_array_equal(np.asarray(actions), np.asarray(ref_actions))
+        ref_memory = replay.add_jit(ref_memory, states, q, ref_actions, rewards[t], ends[t] & (t % 2 == 0),
+                                    ends[t], 1.0)
+        outcome = (rewards[t], ends[t] & (t % 2 == 0), ends[t])
+    memory = replay.record_outcome_jit(memory, *outcome, 1.0)
+    assert int(memory.count) == steps
     for got, want in zip(jax.tree_util.tree_leaves(memory), jax.tree_util.tree_leaves(ref_memory), strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 

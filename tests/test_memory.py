@@ -75,6 +75,22 @@ def test_add_to_full_memory_writes_nothing():
     np.testing.assert_array_equal(memory.rewards[:, 0], [2.0, 2.0])
 
 
+def test_a_row_written_in_two_halves():
+    memory = M.init_memory(3, 2, (2,), jnp.uint8, 3)
+    # No open row: the outcome is not written and count stays.
+    memory = M.record_outcome(memory, jnp.array([1.0, 1.0]), jnp.ones(2, bool), jnp.ones(2, bool), pending=False)
+    assert int(memory.count) == 0 and not bool(memory.end_life.any()) and float(memory.rewards.sum()) == 0.0
+    memory = M.record_decision(memory, jnp.full((2, 2), 9, jnp.uint8), jnp.ones((2, 3)), jnp.array([2, 1]))
+    assert int(memory.count) == 0  # decided, still open
+    np.testing.assert_array_equal(memory.states[0], [[9, 9], [9, 9]])
+    np.testing.assert_array_equal(memory.actions[0], [2, 1])
+    memory = M.record_outcome_jit(memory, jnp.array([-3.0, 0.5]), jnp.array([True, False]),
+                                  jnp.array([False, False]), 1.0)
+    assert int(memory.count) == 1
+    np.testing.assert_array_equal(memory.rewards[0], [-1.0, 0.5])
+    np.testing.assert_array_equal(memory.end_life[0], [True, False])
+
+
 def test_host_helpers():
     assert M.used_fraction(50, 200) == 0.25
     assert M.is_full(200, 200) and not M.is_full(199, 200)
