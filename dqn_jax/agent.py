@@ -256,8 +256,11 @@ def _learn(cfg, learner, signals, memory, train_state, key, counters, tracker, q
     return replay.reset(memory), train_state, key, float(result.mean_loss)
 
 
-def test(cfg, *, games, player, params, key, episodes: int, frame_sink=None) -> dict:
+def test(cfg, *, games, player, params, key, episodes: int, max_states: int | None = None,
+         frame_sink=None) -> dict:
     """Play ``episodes`` episodes with the test epsilon; the tutorial's statistics.
+
+    ``max_states`` (None: no limit) stops early, counting the states of all games.
 
     Each game plays a fixed share of the episodes, so stopping never drops the long
     episodes still running (that would bias the mean towards short ones).
@@ -294,7 +297,7 @@ def test(cfg, *, games, player, params, key, episodes: int, frame_sink=None) -> 
                 done[game] += 1
         scores[ended] = 0.0
         frames, lives, restart = step.frames, step.lives, ended
-        if cfg.steps is not None and count >= cfg.steps:
+        if max_states is not None and count >= max_states:
             break
     if not results:
         return {"episodes": 0.0, "states": float(count)}

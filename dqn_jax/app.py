@@ -126,7 +126,7 @@ def run_test(cfg, run_dir: Path):
         for step in chosen:
             train_state, key, counters = checkpointer.restore(parts.train_state, step)
             stats = agent.test(cfg, games=games, player=player, params=train_state.params, key=key,
-                               episodes=episodes, frame_sink=sink if step == steps[-1] else None)
+                               episodes=episodes, max_states=cfg.steps, frame_sink=sink if step == steps[-1] else None)
             tracker.log_metrics({f"test/{k}": v for k, v in stats.items()}, step=int(counters["states"]))
             _print_summary(f"test of the checkpoint at {int(counters['states'])} states", stats)
         status = "FINISHED"

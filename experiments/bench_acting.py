@@ -111,7 +111,8 @@ def measure(network: str, games_count: int, chunk: int, pairs: int) -> dict:
     env_steps = chunk * games_count
     return {"network": network, "games": games_count, "raw": env_steps / float(np.median(raw_s)),
             "agent": env_steps / float(np.median(agent_s)), "ratio": float(np.median(raw_s / agent_s)),
-            "ratio_of_totals": float(raw_s.sum() / agent_s.sum())}
+            "ratio_of_totals": float(raw_s.sum() / agent_s.sum()),
+            "raw_step_ms": 1e3 * float(np.median(raw_s)) / chunk, "agent_step_ms": 1e3 * float(np.median(agent_s)) / chunk}
 
 
 def main(argv=None) -> list[dict]:

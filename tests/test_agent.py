@@ -33,3 +33,29 @@ def test_state_spec_frames_with_trace_or_vectors():
     assert state_spec(EnvConfig(motion_trace=False), (105, 80), np.uint8)[0] == (105, 80, 1)
     vec = EnvConfig(kind="gymnasium", motion_trace=False)
     assert state_spec(vec, (4,), np.float32) == ((4,), np.dtype(np.float32))
+
+
+def test_test_plays_every_episode_unless_given_a_state_limit(tmp_path):
+    """The after-training test is not cut short by the training budget ``steps=``."""
+    import jax
+    import jax.numpy as jnp
+
+    from dqn_jax.agent import Player, test
+    from dqn_jax.config import NetworkConfig
+    from dqn_jax.envs import make_games
+    from dqn_jax.networks import make_network
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["env=cartpole", "steps=20", "progress=false"], tmp_path)
+    games = make_games(cfg.env, 2, seed=0)
+    network = make_network(NetworkConfig(name="mlp", dense=[8]), games.num_actions)
+    params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
+    player = Player(network, cfg.env, linear_signal(1.0, 1.0, 1))  # random play: episodes of ~20 states
+    try:
+        full = test(cfg, games=games, player=player, params=params, key=jax.random.PRNGKey(1), episodes=4)
+        capped = test(cfg, games=games, player=player, params=params, key=jax.random.PRNGKey(1), episodes=4,
+                      max_states=cfg.steps)
+    finally:
+        games.close()
+    assert full["episodes"] == 4 and full["states"] > cfg.steps
+    assert capped["states"] <= cfg.steps + games.num_envs and capped["episodes"] < 4
