@@ -88,6 +88,7 @@ class MlflowTracker(Tracker):
         self.error: BaseException | None = None  # the first failure, if any
         self.failures = 0  # calls that failed
         self.dropped_metrics = 0  # metric values that never reached the store
+        self.send_cpu_seconds = 0.0  # CPU time spent sending metrics: the tracker's cost to a run
         self._pending: queue.SimpleQueue = queue.SimpleQueue()
         self._good_names: set[str] = set()
         self._client_lock = threading.Lock()  # one client call at a time keeps metrics in order
@@ -137,6 +138,7 @@ class MlflowTracker(Tracker):
     def _send_pending(self) -> None:
         from mlflow.entities import Metric
 
+        started = time.thread_time()
         with self._client_lock:
             items = []
             while True:
@@ -156,6 +158,7 @@ class MlflowTracker(Tracker):
                     self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
                 except Exception as exc:
                     self._failed("logging metrics", exc, len(chunk))
+            self.send_cpu_seconds += time.thread_time() - started
 
     def flush(self) -> None:
         """Send every queued metric now, in the caller's thread."""
