@@ -101,10 +101,14 @@ def measure(network: str, games_count: int, chunk: int, pairs: int) -> dict:
     raw = RawLoop(raw_games)
     agent = AgentLoop(cfg, agent_games, NETWORKS[network], memory_size=20_000)
     raw.run(3)
-    raw_s, agent_s = [], []
+    raw_s, agent_s, raw_cpu, agent_cpu = [], [], [], []
     for _ in range(pairs):
+        cpu = time.process_time()  # all threads: the games' worker threads too
         raw_s.append(raw.run(chunk))
+        raw_cpu.append(time.process_time() - cpu)
+        cpu = time.process_time()
         agent_s.append(agent.run(chunk))
+        agent_cpu.append(time.process_time() - cpu)
     raw_games.close()
     agent_games.close()
     raw_s, agent_s = np.array(raw_s), np.array(agent_s)
@@ -112,7 +116,12 @@ def measure(network: str, games_count: int, chunk: int, pairs: int) -> dict:
     return {"network": network, "games": games_count, "raw": env_steps / float(np.median(raw_s)),
             "agent": env_steps / float(np.median(agent_s)), "ratio": float(np.median(raw_s / agent_s)),
             "ratio_of_totals": float(raw_s.sum() / agent_s.sum()),
-            "raw_step_ms": 1e3 * float(np.median(raw_s)) / chunk, "agent_step_ms": 1e3 * float(np.median(agent_s)) / chunk}
+            "raw_step_ms": 1e3 * float(np.median(raw_s)) / chunk, "agent_step_ms": 1e3 * float(np.median(agent_s)) / chunk,
+            # CPU time per step of all games, summed over threads. With every core busy
+            # stepping the games, raw_cpu / agent_cpu bounds the ratio however well the
+            # agent's work overlaps the games'.
+            "raw_cpu_ms": 1e3 * float(np.median(raw_cpu)) / chunk,
+            "agent_cpu_ms": 1e3 * float(np.median(agent_cpu)) / chunk}
 
 
 def main(argv=None) -> list[dict]:
