@@ -72,12 +72,17 @@ def test_update_matches_tf1_rmsprop_reference():
     assert float(state.opt_state.hyperparams["learning_rate"]) == pytest.approx(5e-2)
 
 
+def toy_learner(loop: str, chunk: int, loss_window: int = 100):
+    """The linear network's learner: batches of 16, error threshold 0.5, half high-error."""
+    network, optimizer = linear_network(), L.make_optimizer()
+    learner = L.make_learner(network, optimizer, batch_size=16, error_threshold=0.5,
+                             min_high_share=0.5, loss_window=loss_window, chunk=chunk, loop=loop)
+    return network, optimizer, learner
+
+
 @pytest.mark.parametrize("loop", ["device", "host"])
 def test_optimise_stop_rules_and_compile_once(loop):
-    network = linear_network()
-    optimizer = L.make_optimizer()
-    learner = L.make_learner(network, optimizer, batch_size=16, error_threshold=0.5,
-                             min_high_share=0.5, loss_window=100, chunk=8, loop=loop)
+    network, optimizer, learner = toy_learner(loop, chunk=8)
     memory = toy_memory()  # 160 used states: 10 iterations per epoch
     state, key = new_state(network, optimizer), jax.random.key(0)
 
@@ -104,10 +109,7 @@ def test_optimise_stop_rules_and_compile_once(loop):
 
 @pytest.mark.parametrize("loop", ["device", "host"])
 def test_mean_loss_over_a_partly_filled_window(loop):
-    network = linear_network()
-    optimizer = L.make_optimizer()
-    learner = L.make_learner(network, optimizer, batch_size=16, error_threshold=0.5,
-                             min_high_share=0.5, loss_window=100, chunk=64, loop=loop)
+    network, optimizer, learner = toy_learner(loop, chunk=64)
     memory = toy_memory(learnable=False, count=20)  # every state and target identical
     state = new_state(network, optimizer)
     want = float(L.q_loss(state.params, network.apply, memory.states[0], memory.q_values[0]))
@@ -120,10 +122,7 @@ def test_mean_loss_over_a_partly_filled_window(loop):
 
 @pytest.mark.parametrize("loop", ["device", "host"])
 def test_loss_decreases_and_limit_stops_early(loop):
-    network = linear_network()
-    optimizer = L.make_optimizer()
-    learner = L.make_learner(network, optimizer, batch_size=16, error_threshold=0.5,
-                             min_high_share=0.5, loss_window=10, chunk=32, loop=loop)
+    network, optimizer, learner = toy_learner(loop, chunk=32, loss_window=10)
     memory = toy_memory()
     state, key = new_state(network, optimizer), jax.random.key(3)
     state, key, first = learner.optimise(state, memory, key, learning_rate=2e-2, loss_limit=0.0,

@@ -6,6 +6,7 @@ game, and CartPole's episodes are short enough to give rewards in 200 states).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -194,26 +195,14 @@ def ray_cluster():
     """``ray start --head`` on this machine, as a cluster started beforehand; stopped after."""
     temp = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # Ray's socket paths must stay short
     port = _free_port()
-    log = open(temp / "ray.log", "w")  # noqa: SIM115 - closed below
-    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head",
-                             f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-                             "--include-dashboard=false", f"--temp-dir={temp / 'ray'}", "--block"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    command = [str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
+               "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
+               f"--temp-dir={temp / 'ray'}", "--block"]
     try:
-        deadline = time.monotonic() + 120
-        while "--block" not in (temp / "ray.log").read_text():
-            if head.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"ray start failed: {(temp / 'ray.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
+        with background_process(command, temp / "ray.log", "ray start", stop_timeout=90,
+                                ready=lambda: "--block" in (temp / "ray.log").read_text()):
+            yield f"127.0.0.1:{port}"
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        log.close()
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -232,6 +221,29 @@ def test_jobs_through_an_existing_ray_cluster(tmp_path, ray_cluster):
 
 
 # ---------------------------------------------------------------------------- a tracking server
+
+@contextlib.contextmanager
+def background_process(command, log_path: Path, what: str, *, ready, stop_timeout: float, env=None):
+    """Start ``command`` in its own process group, wait until ``ready()``, stop it after."""
+    log = open(log_path, "w")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{what} did not come up: {log_path.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=stop_timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -253,30 +265,15 @@ def mlflow_server(tmp_path):
     port = _free_port()
     store = tmp_path / "server"
     store.mkdir()
-    log = open(store / "server.log", "w")  # noqa: SIM115 - closed below
     command = [str(Path(sys.executable).with_name("mlflow")), "server",
                "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
                "--artifacts-destination", str(store / "artifacts"),
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                              start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while not _healthy(url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not come up: {(store / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    with background_process(command, store / "server.log", "mlflow server", stop_timeout=20, env=env,
+                            ready=lambda: _healthy(url)):
         yield url, store
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
 
 
 def test_a_sweep_sent_to_a_tracking_server_arrives_complete(tmp_path, mlflow_server):
