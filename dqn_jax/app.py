@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 from omegaconf import OmegaConf
 
 from dqn_jax import agent, display, sweeps, tracking
@@ -20,7 +21,7 @@ from dqn_jax.envs import make_games
 from dqn_jax.learner import create_train_state, make_learner, make_optimizer
 from dqn_jax.logs import read_rewards
 from dqn_jax.networks import make_network
-from dqn_jax.schedules import ControlSignals, linear_signal
+from dqn_jax.schedules import ControlSignals
 
 
 def _hydra_run_dir() -> Path:
@@ -90,7 +91,7 @@ def run_train(cfg, run_dir: Path):
         if result.last_loss is not None:
             outcome["train/loss"] = result.last_loss
         if cfg.test_episodes_after_training and result.stopped_by != "interrupt":
-            test_player = agent.Player(parts.network, cfg.env, _constant(cfg.schedule.epsilon_test))
+            test_player = agent.Player(parts.network, cfg.env, optax.constant_schedule(cfg.schedule.epsilon_test))
             stats = agent.test(cfg, games=games, player=test_player, params=train_state.params,
                                key=key, episodes=cfg.test_episodes_after_training)
             outcome.update({f"test/{k}": v for k, v in stats.items()})
@@ -120,7 +121,7 @@ def run_test(cfg, run_dir: Path):
                                          parent_run_id=tracking.read_run_id(run_dir), resume=False)
         tracker.log_params({"test.episodes": episodes, "test.epsilon": cfg.schedule.epsilon_test,
                             "test.checkpoints": cfg.test_checkpoints})
-        player = agent.Player(parts.network, cfg.env, _constant(cfg.schedule.epsilon_test))
+        player = agent.Player(parts.network, cfg.env, optax.constant_schedule(cfg.schedule.epsilon_test))
         chosen = steps if cfg.test_checkpoints == "all" else steps[-1:]
         stats = {}
         for step in chosen:
@@ -139,10 +140,6 @@ def run_test(cfg, run_dir: Path):
         tracker.finish(status)
         checkpointer.close()
         games.close()
-
-
-def _constant(value: float):
-    return linear_signal(value, value, 1)
 
 
 def _run_name(cfg) -> str:
