@@ -2,7 +2,8 @@
 
 Bad input (a misspelt key, a value of the wrong type, an unknown group option, a
 value out of range) ends with one line on stderr naming what is wrong and what is
-allowed, exit status 2, and nothing written. To get that line out of Hydra's
+allowed, exit status 2, and nothing written. Ctrl-C ends with one line and status 130,
+after training has saved its checkpoint. To get that line out of Hydra's
 multi-line composition errors, stderr is held until the task starts; if Hydra
 exits before that, the held text is folded into one line.
 """
@@ -21,10 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from dqn_jax import config as config_module
 from dqn_jax.config import ConfigError, check_missing, register_configs, validate
+from dqn_jax.interrupts import StopRequest
 
 register_configs()
 
 USAGE_ERROR = 2
+INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
 
 
 class _HeldStderr(io.TextIOBase):
@@ -111,13 +114,19 @@ def main() -> None:
     held = _HeldStderr(sys.stderr)
     sys.stderr = held
     try:
-        app()
+        with StopRequest():  # from the start: a Ctrl-C during start-up must not be lost
+            app()
     except SystemExit as stop:
         if sys.stderr is held and stop.code not in (0, None) and held.text().strip():
             sys.stderr = held.real
             print(one_line(held.text()), file=sys.stderr)
             raise SystemExit(USAGE_ERROR) from None
         raise
+    except KeyboardInterrupt:
+        _release_stderr()
+        print("dqn_jax: interrupted (a training run resumes from its last checkpoint: run the same "
+              "command again)", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
     finally:
         _release_stderr()
 

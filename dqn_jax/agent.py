@@ -21,6 +21,7 @@ from tqdm import tqdm
 from dqn_jax import logs
 from dqn_jax import memory as replay
 from dqn_jax.config import memory_steps
+from dqn_jax.interrupts import stop_request as current_stop_request
 from dqn_jax.motion import init_tracer, trace
 from dqn_jax.policy import epsilon_greedy
 
@@ -150,60 +151,70 @@ def train(cfg, *, games, player, learner, signals, train_state, key, counters: C
         return not ((cfg.steps is not None and counters.states >= cfg.steps)
                     or (cfg.episodes is not None and counters.episodes >= cfg.episodes))
 
-    try:
-        while budget_left():
-            target_rows = rows_before_learning(signals.replay_fraction, counters.states, steps, num_games)
-            bar = tqdm(total=target_rows * num_games, desc=f"cycle {counters.cycles + 1}: playing",
-                       unit="state", leave=False, disable=not cfg.progress)
-            play_start, play_states = time.perf_counter(), counters.states
-            outcome = None  # the last step's (rewards, end_life, ended), not yet in the memory
-            while rows < target_rows and budget_left():
-                memory, key, tracer, actions, epsilon = player.play(
-                    train_state.params, memory, tracer, frames, restart, key, counters.states, outcome)
-                step = games.step(np.asarray(actions))
-                ended = step.terminated | step.truncated
-                end_life = (step.lives < lives) & ~ended
-                outcome = (step.rewards, end_life, ended)
-                rows += 1
-                counters.states += num_games
-                scores += step.rewards
-                for game in np.flatnonzero(ended):
-                    counters.episodes += 1
-                    mean30 = window.add(scores[game])
-                    eps = float(epsilon)
-                    reward_log.write(counters.episodes, counters.states, float(scores[game]), mean30)
-                    tracker.log_metrics({"episode/score": float(scores[game]), "episode/mean30": mean30,
-                                         "episode/epsilon": eps, "episode/count": counters.episodes},
-                                        step=counters.states)
-                    say(logs.episode_line(counters.episodes, counters.states, eps, float(scores[game]), mean30))
-                    scores[game] = 0.0
-                frames, lives, restart = step.frames, step.lives, ended
-                bar.update(num_games)
-            bar.close()
-            if rows < target_rows:
-                break  # the budget ran out before the memory was ready
-            memory = replay.record_outcome_jit(memory, *outcome, cfg.memory.reward_clip)
-            play_seconds = time.perf_counter() - play_start
-            memory, train_state, key, last_loss = _learn(
-                cfg, learner, signals, memory, train_state, key, counters, tracker, q_log,
-                played=(counters.states - play_states, play_seconds))
-            rows = 0
-            checkpointer.save(counters.states, train_state, key, asdict(counters))
-            saved_at = counters.states
-    except KeyboardInterrupt:
-        stopped_by = "interrupt"
-        say("interrupted: saving a checkpoint and closing the run")
-    finally:
-        reward_log.close()
-        q_log.close()
-    if counters.states > saved_at:
-        checkpointer.save(counters.states, train_state, key, asdict(counters))
-    checkpointer.wait()
+    # Ctrl-C stops the run at a safe point: at once while playing; while learning the
+    # optimise loop ends early and the cycle's checkpoint is written first.
+    with current_stop_request() as stop_request:
+        try:
+            while budget_left():
+                target_rows = rows_before_learning(signals.replay_fraction, counters.states, steps, num_games)
+                bar = tqdm(total=target_rows * num_games, desc=f"cycle {counters.cycles + 1}: playing",
+                           unit="state", leave=False, disable=not cfg.progress)
+                play_start, play_states = time.perf_counter(), counters.states
+                outcome = None  # the last step's (rewards, end_life, ended), not yet in the memory
+                while rows < target_rows and budget_left():
+                    stop_request.check()  # a Ctrl-C that Python dropped or that came while saving
+                    memory, key, tracer, actions, epsilon = player.play(
+                        train_state.params, memory, tracer, frames, restart, key, counters.states, outcome)
+                    step = games.step(np.asarray(actions))
+                    ended = step.terminated | step.truncated
+                    end_life = (step.lives < lives) & ~ended
+                    outcome = (step.rewards, end_life, ended)
+                    rows += 1
+                    counters.states += num_games
+                    scores += step.rewards
+                    for game in np.flatnonzero(ended):
+                        counters.episodes += 1
+                        mean30 = window.add(scores[game])
+                        eps = float(epsilon)
+                        reward_log.write(counters.episodes, counters.states, float(scores[game]), mean30)
+                        tracker.log_metrics({"episode/score": float(scores[game]), "episode/mean30": mean30,
+                                             "episode/epsilon": eps, "episode/count": counters.episodes},
+                                            step=counters.states)
+                        say(logs.episode_line(counters.episodes, counters.states, eps, float(scores[game]),
+                                              mean30))
+                        scores[game] = 0.0
+                    frames, lives, restart = step.frames, step.lives, ended
+                    bar.update(num_games)
+                bar.close()
+                if rows < target_rows:
+                    break  # the budget ran out before the memory was ready
+                # The sweep and optimise donate the memory and the train state: not to be cut.
+                with stop_request.deferred():
+                    memory = replay.record_outcome_jit(memory, *outcome, cfg.memory.reward_clip)
+                    play_seconds = time.perf_counter() - play_start
+                    memory, train_state, key, last_loss = _learn(
+                        cfg, learner, signals, memory, train_state, key, counters, tracker, q_log,
+                        played=(counters.states - play_states, play_seconds),
+                        stop=lambda: stop_request.requested)
+                    rows = 0
+                    checkpointer.save(counters.states, train_state, key, asdict(counters))
+                    saved_at = counters.states
+        except KeyboardInterrupt:
+            stopped_by = "interrupt"
+            say("interrupted: saving a checkpoint and closing the run")
+        finally:
+            reward_log.close()
+            q_log.close()
+        stopped_by = "interrupt" if stop_request.requested else stopped_by
+        with stop_request.deferred():
+            if counters.states > saved_at:
+                checkpointer.save(counters.states, train_state, key, asdict(counters))
+            checkpointer.wait()
     return train_state, key, TrainResult(counters, stopped_by, window.mean, last_loss)
 
 
 def _learn(cfg, learner, signals, memory, train_state, key, counters, tracker, q_log, *,
-           played: tuple[int, float]):
+           played: tuple[int, float], stop=None):
     """One learning cycle: backward sweep, optimise, log; the memory comes back emptied.
 
     Returns (memory, train_state, key, mean loss).
@@ -227,7 +238,7 @@ def _learn(cfg, learner, signals, memory, train_state, key, counters, tracker, q
     train_state, key, result = learner.optimise(
         train_state, memory, key, learning_rate=values["learning_rate"],
         loss_limit=values["loss_limit"], max_epochs=values["max_epochs"],
-        min_epochs=cfg.schedule.min_epochs, progress=progress)
+        min_epochs=cfg.schedule.min_epochs, progress=progress, stop=stop)
     bar.close()
     learn_seconds = time.perf_counter() - learn_start
     counters.cycles += 1
@@ -275,30 +286,33 @@ def test(cfg, *, games, player, params, key, episodes: int, max_states: int | No
     restart = np.ones(num_games, dtype=bool)
     scores = np.zeros(num_games)
     count = 0
-    while (done < quota).any():
-        key, tracer, states, q_values, actions, _ = player.act(params, tracer, frames, restart, key, count)
-        q_host = np.asarray(q_values)
-        if frame_sink is not None and done[0] < quota[0]:
-            frame_sink(np.asarray(states[0]))
-        step = games.step(np.asarray(actions))
-        count += num_games
-        ended = step.terminated | step.truncated
-        end_life = (step.lives < lives) & ~ended
-        scores += step.rewards
-        for game in np.flatnonzero(done < quota):
-            if ended[game] or end_life[game] or step.rewards[game] != 0:
-                mean = np.mean(results + [scores[game]]) if ended[game] else window.mean
-                if cfg.progress:
-                    print(logs.test_event_line(game, len(results) + 1, count, q_host[game],
-                                               int(step.lives[game]), float(scores[game]), float(mean)))
-            if ended[game]:
-                results.append(float(scores[game]))
-                window.add(scores[game])
-                done[game] += 1
-        scores[ended] = 0.0
-        frames, lives, restart = step.frames, step.lives, ended
-        if max_states is not None and count >= max_states:
-            break
+    with current_stop_request() as stop_request:
+        while (done < quota).any():
+            stop_request.check()
+            key, tracer, states, q_values, actions, _ = player.act(params, tracer, frames, restart, key,
+                                                                   count)
+            q_host = np.asarray(q_values)
+            if frame_sink is not None and done[0] < quota[0]:
+                frame_sink(np.asarray(states[0]))
+            step = games.step(np.asarray(actions))
+            count += num_games
+            ended = step.terminated | step.truncated
+            end_life = (step.lives < lives) & ~ended
+            scores += step.rewards
+            for game in np.flatnonzero(done < quota):
+                if ended[game] or end_life[game] or step.rewards[game] != 0:
+                    mean = np.mean(results + [scores[game]]) if ended[game] else window.mean
+                    if cfg.progress:
+                        print(logs.test_event_line(game, len(results) + 1, count, q_host[game],
+                                                   int(step.lives[game]), float(scores[game]), float(mean)))
+                if ended[game]:
+                    results.append(float(scores[game]))
+                    window.add(scores[game])
+                    done[game] += 1
+            scores[ended] = 0.0
+            frames, lives, restart = step.frames, step.lives, ended
+            if max_states is not None and count >= max_states:
+                break
     if not results:
         return {"episodes": 0.0, "states": float(count)}
     stats = logs.summary(results)

@@ -98,7 +98,12 @@ def run_train(cfg, run_dir: Path):
         tracker.log_metrics(outcome, step=counters.states)
         status = "KILLED" if result.stopped_by == "interrupt" else "FINISHED"
         _print_summary(f"training stopped ({result.stopped_by})", {**asdict(counters), **outcome})
+        if result.stopped_by == "interrupt":
+            raise KeyboardInterrupt  # the checkpoint is saved; the command ends with status 130
         return outcome.get(cfg.objective)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         _close_run(tracker, run_dir, status, checkpointer, cfg)
         games.close()
@@ -132,6 +137,9 @@ def run_test(cfg, run_dir: Path):
             _print_summary(f"test of the checkpoint at {int(counters['states'])} states", stats)
         status = "FINISHED"
         return stats.get(cfg.objective.removeprefix("test/"))
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         if sink is not None:
             sink.close()

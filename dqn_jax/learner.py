@@ -188,14 +188,17 @@ class Learner:
 
     def optimise(self, train_state: TrainState, memory: mem.ReplayMemory, key, *, learning_rate,
                  loss_limit, max_epochs, min_epochs: float = 1.0,
-                 progress: Callable[[int, int, float], None] | None = None):
+                 progress: Callable[[int, int, float], None] | None = None,
+                 stop: Callable[[], bool] | None = None):
         """Train on error-split batches from a swept memory until the loss limit or max epochs.
 
         Runs at least ``min_epochs`` and at most ``max_epochs`` epochs (one epoch = used
         states / batch size iterations). After the minimum it stops as soon as the mean
         of the last ``loss_window`` batch losses is below ``loss_limit``. ``progress`` is
         called every ``chunk`` iterations and at the end with (iterations done, max
-        iterations, mean loss). ``train_state`` is donated; the memory is only read.
+        iterations, mean loss). ``stop()`` true ends the loop early (Ctrl-C): checked
+        after every iteration on the host loop, every chunk on the device loop.
+        ``train_state`` is donated; the memory is only read.
         Returns (train_state, key, OptimiseResult).
         """
         used_states = int(memory.count) * memory.num_games
@@ -207,7 +210,8 @@ class Learner:
         args = (jnp.asarray(learning_rate, f32), jnp.asarray(loss_limit, f32),
                 jnp.asarray(min_iters, i32), jnp.asarray(max_iters, i32))
         run = self._run_device if self.loop == "device" else self._run_host
-        carry, iterations, mean_loss = run(memory, carry, args, min_iters, max_iters, progress)
+        carry, iterations, mean_loss = run(memory, carry, args, min_iters, max_iters, progress,
+                                           stop or (lambda: False))
         result = OptimiseResult(
             iterations=iterations,
             epochs=iterations / per_epoch,
@@ -217,22 +221,22 @@ class Learner:
         )
         return carry[0], carry[1], result
 
-    def _run_device(self, memory, carry, args, min_iters, max_iters, progress):
+    def _run_device(self, memory, carry, args, min_iters, max_iters, progress, stop):
         while True:
             *state, done, mean_loss = self._chunk_jit(carry[0], memory, *carry[1:], *args)
             carry = tuple(state[:4])
             done, iterations, mean_loss = jax.device_get((done, carry[2], mean_loss))
             if progress is not None:
                 progress(int(iterations), max_iters, float(mean_loss))
-            if done:
+            if done or stop():
                 return carry, int(iterations), float(mean_loss)
 
-    def _run_host(self, memory, carry, args, min_iters, max_iters, progress):
+    def _run_host(self, memory, carry, args, min_iters, max_iters, progress, stop):
         for i in range(1, max_iters + 1):
             *state, done, mean_loss = self._step_jit(carry[0], memory, *carry[1:], *args)
             carry = tuple(state[:4])
             # Before min_iters nothing can stop the loop, so steps are queued without a sync.
-            finished = i == max_iters or (i >= min_iters and bool(done))
+            finished = i == max_iters or (i >= min_iters and bool(done)) or stop()
             if progress is not None and (finished or i % self.chunk == 0):
                 progress(i, max_iters, float(mean_loss))
             if finished:

@@ -212,7 +212,7 @@ class SweepParentCallback(Callback):
         if failed:
             what = f"{len(failed)} of {total} jobs failed ({'; '.join(failed[:3])})"
         elif self._interrupted:
-            what = f"interrupted after {_jobs(total)}"
+            what = f"interrupted with {_jobs(total)} finished (a running job saves its checkpoint first)"
         else:
             what = f"the sweep failed after {_jobs(total)} (the error is above)"
         print(f"dqn_jax: error: sweep {sid}: {what}; MLflow parent run {run_id} ended {status}",

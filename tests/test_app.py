@@ -100,3 +100,40 @@ def test_every_experiment_recipe_runs(tmp_path, recipe):
     result = run_app(overrides, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert list(tmp_path.rglob("checkpoints/*")), "no checkpoint was written"
+
+
+def test_ctrl_c_saves_a_checkpoint_and_ends_with_one_line(tmp_path):
+    """SIGINT once training has checkpointed: status 130, one line, no traceback, a KILLED
+    MLflow run and complete checkpoints that the same command resumes from."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    args = [sys.executable, "-m", "dqn_jax", f"paths.root={tmp_path}", *TINY, "steps=1000000", "name=ctrlc"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    checkpoints = tmp_path / "runs" / "breakout" / "ctrlc" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.2)
+    time.sleep(0.5)  # somewhere in playing, learning or saving
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("dqn_jax: interrupted")
+    assert "training stopped (interrupt)" in stdout
+    steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    assert steps and not [p for p in checkpoints.iterdir() if not p.name.isdigit()]  # no half-written one
+    (run,) = only_run(client_for(tmp_path))
+    assert run.info.status == "KILLED"
+    assert int(run.data.metrics["train/states"]) == steps[-1]  # the last state played is saved
+    resumed = run_app([*TINY, f"steps={steps[-1] + 60}", "name=ctrlc", "logger=none"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {checkpoints}: {steps[-1]} states" in resumed.stdout

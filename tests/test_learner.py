@@ -158,3 +158,16 @@ def test_device_and_host_loops_agree():
     np.testing.assert_array_equal(jax.random.key_data(k_dev), jax.random.key_data(k_host))
     np.testing.assert_allclose(s_dev.params["params"]["Dense_0"]["kernel"],
                                s_host.params["params"]["Dense_0"]["kernel"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("loop", ["device", "host"])
+def test_stop_ends_the_optimise_loop_early_with_a_usable_state(loop):
+    """Ctrl-C while learning: the loop ends at the next check and the state stays usable."""
+    network, optimizer, learner = toy_learner(loop, chunk=4)
+    memory = toy_memory()  # 160 used states: 10 iterations per epoch
+    state = new_state(network, optimizer)
+    checks = []
+    state, _, res = learner.optimise(state, memory, jax.random.key(0), learning_rate=1e-3, loss_limit=0.0,
+                                     max_epochs=3.0, stop=lambda: checks.append(1) or len(checks) >= 2)
+    assert res.iterations == (8 if loop == "device" else 2) and res.max_iterations == 30
+    assert int(state.updates) == res.iterations  # not donated away: still a live train state
