@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dqn_jax import config as config_module
+from dqn_jax import interrupts
 from dqn_jax.config import ConfigError, check_missing, register_configs, validate
 from dqn_jax.interrupts import StopRequest
 
@@ -102,7 +103,9 @@ def app(cfg: DictConfig):
         validate(settings)
         from dqn_jax.app import run  # JAX and the games load only for a valid config
 
-        return run(settings)
+        with interrupts.stop_request() as stop_request:
+            stop_request.check()  # Ctrl-C while starting up: do not start the run
+            return run(settings)
     except ConfigError as err:
         if _is_multirun():
             raise  # Hydra marks this job failed; the sweep's other jobs go on
@@ -114,8 +117,9 @@ def main() -> None:
     held = _HeldStderr(sys.stderr)
     sys.stderr = held
     try:
-        with StopRequest():  # from the start: a Ctrl-C during start-up must not be lost
+        with StopRequest() as stop_request:  # from the start: no Ctrl-C is lost
             app()
+            stop_request.check()  # pressed after the last check, e.g. while closing the run
     except SystemExit as stop:
         if sys.stderr is held and stop.code not in (0, None) and held.text().strip():
             sys.stderr = held.real

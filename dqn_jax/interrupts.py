@@ -1,18 +1,19 @@
-"""Ctrl-C during training: stop at a safe point, never inside a checkpoint save.
+"""Ctrl-C: the first stops the run at the next safe point, a second stops it at once.
 
-Python turns SIGINT into a KeyboardInterrupt wherever the main thread happens to be.
-Two places make that unreliable for a training loop: inside a checkpoint save (Orbax
-logs the interrupted wait as an error, with a traceback, and the save may be lost),
-and inside a garbage-collector callback, where CPython prints "Exception ignored" and
-drops the exception, so the run goes on as if nothing was pressed (at start-up, while
-JAX compiles, this happens more often than not). ``StopRequest`` handles SIGINT
-itself: it remembers the request, raises at once outside a
-:meth:`~StopRequest.deferred` section, and :meth:`~StopRequest.check` raises a request
-that was dropped or deferred at the next step of a loop.
+Python turns SIGINT into a KeyboardInterrupt wherever the main thread happens to be,
+and three places make that unsafe or unreliable: inside a checkpoint save (the save
+is lost and Orbax logs the interrupted wait as an error), inside an XLA compilation
+(the interpreter can then crash at exit), and inside a garbage-collector callback,
+where CPython prints "Exception ignored" and drops the exception, so the run goes on
+as if nothing was pressed. ``StopRequest`` handles SIGINT itself. The first Ctrl-C only
+records the request; the loops ask for it with :meth:`~StopRequest.check` at every
+step and batch, where stopping is safe. A second Ctrl-C raises at once, except inside
+a :meth:`~StopRequest.deferred` section (a checkpoint save).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -21,12 +22,15 @@ from contextlib import contextmanager
 
 _active: StopRequest | None = None  # the one handling SIGINT now, if any
 
+_HINT = b"\ndqn_jax: stopping at the next safe point (press Ctrl-C again to stop at once)\n"
+
 
 class StopRequest:
     """SIGINT for the duration of a ``with`` block; outside the main thread it does nothing."""
 
-    def __init__(self):
+    def __init__(self, hint: bool = True):
         self.requested = False
+        self.hint = hint
         self._deferring = 0
         self._previous = None
         self._installed = False
@@ -48,20 +52,23 @@ class StopRequest:
             self._installed = False
 
     def _on_sigint(self, signum, frame) -> None:
-        self.requested = True
-        if not self._deferring:
+        if not self.requested:
+            self.requested = True
+            if self.hint:  # a raw write: a signal handler must not re-enter a buffered stream
+                os.write(2, _HINT)
+        elif not self._deferring:
             raise KeyboardInterrupt
 
     def _on_unraisable(self, unraisable) -> None:
-        # Our KeyboardInterrupt, dropped by CPython (e.g. raised in a gc callback): the
-        # request is remembered and acted on at the next check, so no "Exception ignored".
+        # A forced KeyboardInterrupt that CPython dropped (raised in a gc callback): the
+        # request stands and the next check acts on it, so no "Exception ignored".
         if isinstance(unraisable.exc_value, KeyboardInterrupt) and self.requested:
             return
         self._previous[2](unraisable)
 
     @contextmanager
     def deferred(self) -> Iterator[None]:
-        """A section that Ctrl-C does not cut: the request waits for :meth:`check`."""
+        """A section that even a second Ctrl-C does not cut: the request waits for :meth:`check`."""
         self._deferring += 1
         try:
             yield
@@ -69,7 +76,7 @@ class StopRequest:
             self._deferring -= 1
 
     def check(self) -> None:
-        """Raise KeyboardInterrupt if Ctrl-C was pressed and not acted on yet."""
+        """Raise KeyboardInterrupt if Ctrl-C was pressed (outside a deferred section)."""
         if self.requested and not self._deferring:
             raise KeyboardInterrupt
 
