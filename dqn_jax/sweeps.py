@@ -150,14 +150,20 @@ class SweepParentCallback(Callback):
                 "_interrupted": False}
 
     def _watch_ctrl_c(self) -> None:
-        """Remember a Ctrl-C (the parent then ends KILLED, not FAILED), then do as before."""
+        """Remember a Ctrl-C (the parent then ends KILLED, not FAILED), then stop.
+
+        With the basic launcher the job runs in this process, and the handler before
+        ours stops it at its next safe point (:mod:`dqn_jax.interrupts`). Other launchers
+        run the jobs elsewhere: this process only waits for them, so it stops at once.
+        """
         previous = signal.getsignal(signal.SIGINT)
+        in_process = str(self.config.hydra.launcher.get("_target_", "")).endswith("BasicLauncher")
 
         def on_sigint(signum, frame):
             self._interrupted = True
             with contextlib.suppress(OSError):  # for the jobs in other processes
                 (Path(str(self.config.hydra.sweep.dir)) / INTERRUPTED_FILE).touch()
-            if callable(previous):
+            if in_process and callable(previous):
                 return previous(signum, frame)
             raise KeyboardInterrupt
 

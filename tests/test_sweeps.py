@@ -190,6 +190,32 @@ def test_jobs_through_a_local_ray(tmp_path):
     assert all(r.info.status == "FINISHED" for r in children)
 
 
+@pytest.mark.parametrize("launcher", ["basic", "local_parallel"])
+def test_ctrl_c_ends_a_sweep_with_its_runs_killed(tmp_path, launcher):
+    """SIGINT to the launching process once a job has checkpointed: status 130, no further
+    job, every run closed KILLED. The basic launcher's job stops at its next safe point;
+    the launching process of other launchers only waits, so it stops at once."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    args = [sys.executable, "-m", "dqn_jax", f"paths.root={tmp_path}", *CART, "steps=10000000", MULTIRUN,
+            f"hydra/launcher={launcher}", "seed=0,1,2"]
+    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": path, "JAX_PLATFORMS": "cpu"})
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("runs/multirun/*/*/checkpoints/[0-9]*")):
+        assert process.poll() is None and time.monotonic() < deadline, "no job checkpointed"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    client = client_for(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("dqn_jax.sweep") == "true"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "KILLED"
+    assert children and len(children) < 3 and all(r.info.status == "KILLED" for r in children)
+
+
 @pytest.fixture
 def ray_cluster():
     """``ray start --head`` on this machine, as a cluster started beforehand; stopped after."""
