@@ -73,6 +73,11 @@ def init_memory(steps: int, num_games: int, state_shape, state_dtype, num_action
     )
 
 
+def _put_row(table: jax.Array, row, value) -> jax.Array:
+    """``table`` with ``value`` in row ``row``; a row out of range writes nothing."""
+    return table.at[row].set(jnp.asarray(value, table.dtype), mode="drop")
+
+
 def record_decision(memory: ReplayMemory, states, q_values, actions) -> ReplayMemory:
     """Write what the agent saw and chose into row ``count`` (the row stays open).
 
@@ -82,12 +87,9 @@ def record_decision(memory: ReplayMemory, states, q_values, actions) -> ReplayMe
     A full memory writes nothing.
     """
     row = memory.count
-
-    def put(table, value):
-        return table.at[row].set(jnp.asarray(value, table.dtype), mode="drop")
-
-    return memory.replace(states=put(memory.states, states), q_values=put(memory.q_values, q_values),
-                          actions=put(memory.actions, actions))
+    return memory.replace(states=_put_row(memory.states, row, states),
+                          q_values=_put_row(memory.q_values, row, q_values),
+                          actions=_put_row(memory.actions, row, actions))
 
 
 def record_outcome(memory: ReplayMemory, rewards, end_life, end_episode, reward_clip=1.0,
@@ -100,15 +102,11 @@ def record_outcome(memory: ReplayMemory, rewards, end_life, end_episode, reward_
     """
     pending = jnp.asarray(pending, bool)
     row = jnp.where(pending, memory.count, memory.steps)  # out of range: dropped
-
-    def put(table, value):
-        return table.at[row].set(jnp.asarray(value, table.dtype), mode="drop")
-
     clipped = jnp.clip(jnp.asarray(rewards, jnp.float32), -reward_clip, reward_clip)
     return memory.replace(
-        rewards=put(memory.rewards, clipped),
-        end_life=put(memory.end_life, end_life),
-        end_episode=put(memory.end_episode, end_episode),
+        rewards=_put_row(memory.rewards, row, clipped),
+        end_life=_put_row(memory.end_life, row, end_life),
+        end_episode=_put_row(memory.end_episode, row, end_episode),
         count=jnp.minimum(memory.count + pending.astype(jnp.int32), memory.steps).astype(jnp.int32),
     )
 
