@@ -151,8 +151,8 @@ def train(cfg, *, games, player, learner, signals, train_state, key, counters: C
         return not ((cfg.steps is not None and counters.states >= cfg.steps)
                     or (cfg.episodes is not None and counters.episodes >= cfg.episodes))
 
-    # Ctrl-C stops the run at a safe point: at once while playing; while learning the
-    # optimise loop ends early and the cycle's checkpoint is written first.
+    # Ctrl-C stops the run at a safe point: at the next step while playing; while learning
+    # the optimise loop ends at its next batch and the cycle's checkpoint is written first.
     with current_stop_request() as stop_request:
         try:
             while budget_left():

@@ -32,13 +32,15 @@ class StopRequest:
         self.requested = False
         self.hint = hint
         self._deferring = 0
-        self._previous = None
         self._installed = False
+        # What was in force before __enter__, put back by __exit__.
+        self._previous_handler = self._previous_active = self._previous_hook = None
 
     def __enter__(self) -> StopRequest:
         global _active
         if threading.current_thread() is threading.main_thread():
-            self._previous = (signal.signal(signal.SIGINT, self._on_sigint), _active, sys.unraisablehook)
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous_active, self._previous_hook = _active, sys.unraisablehook
             sys.unraisablehook = self._on_unraisable
             self._installed = True
             _active = self
@@ -47,8 +49,8 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         global _active
         if self._installed:
-            signal.signal(signal.SIGINT, self._previous[0])
-            _active, sys.unraisablehook = self._previous[1], self._previous[2]
+            signal.signal(signal.SIGINT, self._previous_handler)
+            _active, sys.unraisablehook = self._previous_active, self._previous_hook
             self._installed = False
 
     def _on_sigint(self, signum, frame) -> None:
@@ -64,7 +66,7 @@ class StopRequest:
         # request stands and the next check acts on it, so no "Exception ignored".
         if isinstance(unraisable.exc_value, KeyboardInterrupt) and self.requested:
             return
-        self._previous[2](unraisable)
+        self._previous_hook(unraisable)
 
     @contextmanager
     def deferred(self) -> Iterator[None]:

@@ -182,8 +182,7 @@ class _TrainHarness:
                                     cfg.schedule.loss_window)
         self.player = agent.Player(self.parts.network, cfg.env, self.signals.epsilon, cfg.memory.reward_clip)
         self.runs = 0
-        self.loggers: list[str] = []
-        self.send_share: list[float] = []  # the tracker's CPU time sending metrics / run time
+        self.send_share: list[float] = []  # MLflow runs: the tracker's CPU time sending / run time
 
     def seconds(self, logger: str) -> float:
         """Wall-clock seconds of one training run (train() and the final flush)."""
@@ -195,7 +194,6 @@ class _TrainHarness:
         self.runs += 1
         cfg = self.cfg
         cfg.logger.name = logger
-        self.loggers.append(logger)
         run_dir = self.root / "runs" / f"r{self.runs}"
         run_dir.mkdir(parents=True)
         checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep)
@@ -208,7 +206,8 @@ class _TrainHarness:
                     checkpointer=checkpointer, tracker=tracker, run_dir=run_dir)
         tracker.flush()
         seconds = time.perf_counter() - start
-        self.send_share.append(getattr(tracker, "send_cpu_seconds", 0.0) / seconds)
+        if logger == "mlflow":
+            self.send_share.append(tracker.send_cpu_seconds / seconds)
         tracker.finish("FINISHED")
         return seconds
 
@@ -217,10 +216,9 @@ class _TrainHarness:
 
 
 def bench_tracking(quick: bool) -> None:
-    # Many short runs, alternating in both orders: the machine's speed drifts by tens of
-    # percent within seconds here, and only short alternating runs see the same drift.
-    # Runs of a few seconds: long enough that the one synchronous flush at the end of a
-    # run is small, short enough that a pair sees the same machine speed.
+    # Many runs of a few seconds, alternating in both orders: the machine's speed drifts
+    # by tens of percent within seconds, so only short alternating runs see the same
+    # speed, and a few seconds make the one synchronous flush at the end of a run small.
     steps = 1500 if quick else 3000
     pairs = 6 if quick else 14
     with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
@@ -233,8 +231,7 @@ def bench_tracking(quick: bool) -> None:
             for logger in (("mlflow", "none") if i % 2 == 0 else ("none", "mlflow")):
                 seconds[logger].append(h.seconds(logger))
         h.close()
-    send_share = float(np.median([x for x, logger in zip(h.send_share, h.loggers, strict=True)
-                                  if logger == "mlflow"]))
+    send_share = float(np.median(h.send_share))
     on, off = np.array(seconds["mlflow"]), np.array(seconds["none"])
     ratio = float(np.median(off / on))  # per pair: speed with MLflow / speed without
     report("d", f"training with MLflow vs logger off ({pairs} pairs x {steps} states)",
