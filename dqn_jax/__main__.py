@@ -14,6 +14,7 @@ import dataclasses
 import io
 import re
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -23,11 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 from dqn_jax import config as config_module
 from dqn_jax import interrupts
 from dqn_jax.config import ConfigError, check_missing, register_configs, validate
+from dqn_jax.faults import Diverged
 from dqn_jax.interrupts import StopRequest
 
 register_configs()
 
 USAGE_ERROR = 2
+RUN_FAILED = 1  # the run started and failed (training diverged)
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
 
 
@@ -79,6 +82,7 @@ def one_line(text: str) -> str:
             continue
         kept.append(line)
     message = "; ".join(kept)
+    message = message.split("; Config search path:")[0]  # Hydra's search path: noise to a user
     message = re.sub(r"Available options in '([^']+)':; ", r"options for \1: ", message)
     message = re.sub(r"(options for [^:]+: )(.*)", lambda m: m.group(1) + m.group(2).replace("; ", ", "), message)
     missing_key = re.search(r"Key '[^']+' not in '(\w+)'", message)
@@ -106,11 +110,26 @@ def app(cfg: DictConfig):
         with interrupts.stop_request() as stop_request:
             stop_request.check()  # Ctrl-C while starting up: do not start the run
             return run(settings)
-    except ConfigError as err:
+    except (ConfigError, Diverged) as err:
         if _is_multirun():
             raise  # Hydra marks this job failed; the sweep's other jobs go on
+        if isinstance(err, ConfigError):
+            _remove_empty_run_dir(cfg)
         print(f"dqn_jax: error: {err}", file=sys.stderr)
-        sys.exit(USAGE_ERROR)
+        sys.exit(USAGE_ERROR if isinstance(err, ConfigError) else RUN_FAILED)
+
+
+def _remove_empty_run_dir(cfg: DictConfig) -> None:
+    """Hydra creates the run directory before the task starts: a rejected command removes
+    it again, and the parents it made, if nothing was written there."""
+    root = Path(cfg.paths.root).resolve()
+    folder = Path(HydraConfig.get().runtime.output_dir).resolve()
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()  # only an empty directory
+        except OSError:
+            return
+        folder = folder.parent
 
 
 def main() -> None:

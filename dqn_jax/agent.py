@@ -21,6 +21,7 @@ from tqdm import tqdm
 from dqn_jax import logs
 from dqn_jax import memory as replay
 from dqn_jax.config import memory_steps
+from dqn_jax.faults import check_cycle
 from dqn_jax.interrupts import stop_request as current_stop_request
 from dqn_jax.motion import init_tracer, trace
 from dqn_jax.policy import epsilon_greedy
@@ -197,7 +198,7 @@ def train(cfg, *, games, player, learner, signals, train_state, key, counters: C
                         played=(counters.states - play_states, play_seconds),
                         stop=lambda: stop_request.requested)
                     rows = 0
-                    checkpointer.save(counters.states, train_state, key, asdict(counters))
+                    _save(checkpointer, tracker, counters, train_state, key)
                     saved_at = counters.states
         except KeyboardInterrupt:
             stopped_by = "interrupt"
@@ -208,9 +209,16 @@ def train(cfg, *, games, player, learner, signals, train_state, key, counters: C
         stopped_by = "interrupt" if stop_request.requested else stopped_by
         with stop_request.deferred():
             if counters.states > saved_at:
-                checkpointer.save(counters.states, train_state, key, asdict(counters))
+                _save(checkpointer, tracker, counters, train_state, key)
             checkpointer.wait()
     return train_state, key, TrainResult(counters, stopped_by, window.mean, last_loss)
+
+
+def _save(checkpointer, tracker, counters: Counters, train_state, key) -> None:
+    """Checkpoint at ``counters.states``, the metrics logged so far sent first: a crash
+    after the checkpoint then loses none of what it covers (see :mod:`dqn_jax.resume`)."""
+    tracker.flush()
+    checkpointer.save(counters.states, train_state, key, asdict(counters))
 
 
 def _learn(cfg, learner, signals, memory, train_state, key, counters, tracker, q_log, *,
@@ -226,6 +234,8 @@ def _learn(cfg, learner, signals, memory, train_state, key, counters, tracker, q
     values = signals.values(counters.states)
     q_log.write(counters.episodes, counters.states, sweep_stats["q_min"], sweep_stats["q_mean"],
                 sweep_stats["q_max"], sweep_stats["q_std"])
+    check_cycle(cycle=counters.cycles + 1, states=counters.states, signals=values,
+                values={f"swept Q-value {k[2:]}": sweep_stats[k] for k in ("q_min", "q_max")})
     bar = tqdm(desc=f"cycle {counters.cycles + 1}: optimising", unit="batch", leave=False,
                disable=not cfg.progress)
 
@@ -260,6 +270,8 @@ def _learn(cfg, learner, signals, memory, train_state, key, counters, tracker, q
            for name, value in sweep_stats.items()},
     }
     tracker.log_metrics(metrics, step=counters.states)
+    check_cycle(cycle=counters.cycles, states=counters.states, signals=values,
+                values={"batch loss": float(result.mean_loss)}, params=train_state.params)
     if cfg.progress:
         tqdm.write(f"cycle {counters.cycles}: {result.iterations} batches ({result.epochs:.2f} epochs), "
                    f"loss {result.mean_loss:.4f}, Q mean {sweep_stats['q_mean']:.3f}, "

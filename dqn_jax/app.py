@@ -14,10 +14,11 @@ import numpy as np
 import optax
 from omegaconf import OmegaConf
 
-from dqn_jax import agent, display, sweeps, tracking
+from dqn_jax import agent, display, resources, resume, sweeps, tracking
 from dqn_jax.checkpoints import Checkpointer
 from dqn_jax.config import ConfigError, num_envs
 from dqn_jax.envs import make_games
+from dqn_jax.faults import FAILURE_TAG, Diverged
 from dqn_jax.learner import create_train_state, make_learner, make_optimizer
 from dqn_jax.logs import read_rewards
 from dqn_jax.networks import make_network
@@ -57,21 +58,16 @@ def run_train(cfg, run_dir: Path):
     checkpointer = None
     status = "FAILED"
     try:
+        resources.check_fits(cfg.memory, games.num_envs, _need(cfg, games))
         parts = Parts(cfg, games, cfg.seed)
-        run_dir.mkdir(parents=True, exist_ok=True)
         checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep)
-        train_state, key, counters = parts.train_state, parts.key, agent.Counters()
-        resumed = cfg.checkpoint.resume and checkpointer.latest_step() is not None
-        if resumed:
-            train_state, key, saved = checkpointer.restore(train_state)
-            counters = agent.Counters(**{k: int(v) for k, v in saved.items()})
-            print(f"resuming from {run_dir / 'checkpoints'}: {counters.states} states, "
-                  f"{counters.episodes} episodes")
+        train_state, key, counters = _resume(cfg, run_dir, parts, checkpointer)
+        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         tracker = tracking.start_tracker(cfg, run_dir, run_name=_run_name(cfg),
                                          parent_run_id=sweeps.sweep_parent_run_id(),
                                          resume=cfg.checkpoint.resume)
-        if resumed:
+        if counters.states:
             tracker.set_tags({"dqn_jax.resumed_at_states": str(counters.states)})
         else:
             tracker.log_params({**tracking.flatten_config(cfg), "derived.num_envs": games.num_envs,
@@ -86,15 +82,7 @@ def run_train(cfg, run_dir: Path):
             cfg, games=games, player=player, learner=learner, signals=signals,
             train_state=train_state, key=key, counters=counters, checkpointer=checkpointer,
             tracker=tracker, run_dir=run_dir, reward_history=read_rewards(run_dir / "rewards.csv")[-30:])
-        outcome = {"train/mean30": result.last_mean30, "train/states": float(counters.states),
-                   "train/episodes": float(counters.episodes)}
-        if result.last_loss is not None:
-            outcome["train/loss"] = result.last_loss
-        if cfg.test_episodes_after_training and result.stopped_by != "interrupt":
-            test_player = agent.Player(parts.network, cfg.env, optax.constant_schedule(cfg.schedule.epsilon_test))
-            stats = agent.test(cfg, games=games, player=test_player, params=train_state.params,
-                               key=key, episodes=cfg.test_episodes_after_training)
-            outcome.update({f"test/{k}": v for k, v in stats.items()})
+        outcome = _outcome(cfg, games, parts, train_state, key, result)
         tracker.log_metrics(outcome, step=counters.states)
         status = "KILLED" if result.stopped_by == "interrupt" else "FINISHED"
         _print_summary(f"training stopped ({result.stopped_by})", {**asdict(counters), **outcome})
@@ -104,9 +92,55 @@ def run_train(cfg, run_dir: Path):
     except KeyboardInterrupt:
         status = "KILLED"
         raise
+    except Diverged as err:
+        tracker.set_tags({FAILURE_TAG: str(err)})
+        raise
     finally:
         _close_run(tracker, run_dir, status, checkpointer, cfg)
         games.close()
+
+
+def _need(cfg, games) -> resources.Need:
+    """What the replay memory and the network will take, from their shapes alone."""
+    shape, dtype = agent.state_spec(cfg.env, games.observation_shape, games.observation_dtype)
+    return resources.estimate(cfg.memory, games.num_envs, shape, dtype, games.num_actions,
+                              make_network(cfg.network, games.num_actions), np.zeros((1, *shape), dtype))
+
+
+def _resume(cfg, run_dir: Path, parts: Parts, checkpointer: Checkpointer):
+    """(train_state, key, counters): the newest readable checkpoint's, else fresh ones.
+
+    Whatever was logged after that checkpoint (a crash came before the next one) is
+    dropped from the logs, so the steps played again are logged once (:mod:`dqn_jax.resume`).
+    """
+    restored = checkpointer.restore_newest_readable(parts.train_state) if cfg.checkpoint.resume else None
+    if restored is None:
+        return parts.train_state, parts.key, agent.Counters()
+    train_state, key, saved = restored
+    counters = agent.Counters(**{k: int(v) for k, v in saved.items()})
+    dropped = resume.cut_logs(run_dir, counters.states)
+    if cfg.logger.name != "none":
+        from mlflow.tracking import MlflowClient
+
+        resume.restart_history(MlflowClient(tracking.tracking_uri(cfg)), run_dir, counters.states)
+    print(f"resuming from {run_dir / 'checkpoints'}: {counters.states} states, "
+          f"{counters.episodes} episodes" + (f" ({dropped} log rows after it dropped)" if dropped else ""))
+    return train_state, key, counters
+
+
+def _outcome(cfg, games, parts: Parts, train_state, key, result) -> dict:
+    """The run's final figures: training's, and a test's when one is asked for."""
+    counters = result.counters
+    outcome = {"train/mean30": result.last_mean30, "train/states": float(counters.states),
+               "train/episodes": float(counters.episodes)}
+    if result.last_loss is not None:
+        outcome["train/loss"] = result.last_loss
+    if cfg.test_episodes_after_training and result.stopped_by != "interrupt":
+        test_player = agent.Player(parts.network, cfg.env, optax.constant_schedule(cfg.schedule.epsilon_test))
+        stats = agent.test(cfg, games=games, player=test_player, params=train_state.params,
+                           key=key, episodes=cfg.test_episodes_after_training)
+        outcome.update({f"test/{k}": v for k, v in stats.items()})
+    return outcome
 
 
 def run_test(cfg, run_dir: Path):

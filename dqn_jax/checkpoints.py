@@ -113,6 +113,31 @@ class Checkpointer:
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
         return state["train_state"], _join_key(state["key"], meta["key"]), meta["counters"]
 
+    def restore_newest_readable(self, abstract_train_state, say=print):
+        """Like :meth:`restore` from the newest checkpoint that can be read.
+
+        A newer one that cannot (corrupted on disk) is reported with ``say`` in one line
+        and moved aside to ``<run_dir>/corrupt-checkpoints/<step>``, so that it is kept
+        for a look but no longer counts as the latest. Returns None when none is readable.
+        """
+        for step in reversed(self.all_steps()):
+            try:
+                return self.restore(abstract_train_state, step)
+            except Exception as err:  # Orbax raises many kinds for a damaged file
+                aside = self._set_aside(step)
+                reason = str(err).splitlines()[0][:160] if str(err) else ""
+                say(f"dqn_jax: the checkpoint at {step} states cannot be read "
+                    f"({type(err).__name__}: {reason}); moved it to {aside} and trying the one before")
+        return None
+
+    def _set_aside(self, step: int) -> Path:
+        self.close()  # the manager caches the steps it has seen
+        aside = self.directory.parent / "corrupt-checkpoints" / str(step)
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(aside, ignore_errors=True)
+        shutil.move(str(self.directory / str(step)), aside)
+        return aside
+
     def wait(self) -> None:
         """Block until every save started so far is complete on disk."""
         if self._manager is not None:

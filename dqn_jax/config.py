@@ -238,6 +238,11 @@ def validate(cfg) -> None:
             f"memory.size={cfg.memory.size} is too small for {games} games; it must be at least "
             f"{2 * games} (two states per game)"
         )
+    if cfg.memory.batch_size > cfg.memory.size:
+        raise ConfigError(
+            f"memory.batch_size={cfg.memory.batch_size} is larger than memory.size={cfg.memory.size}; "
+            "a batch must be at most the memory's size"
+        )
     if cfg.render and cfg.video:
         raise ConfigError("render=true and video=true cannot be combined; choose one")
 

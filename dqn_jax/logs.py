@@ -3,12 +3,14 @@
 ``rewards.csv`` holds one row per training episode (episode, states, reward, mean
 of the last 30); ``q_values.csv`` one row per backward sweep (episode, states and
 the min / mean / max / std of the swept Q-values). Both are appended to, so a
-resumed run continues them, and both go to MLflow as artifacts at the end.
+resumed run continues them (cut back to its checkpoint first: :func:`cut_after`),
+and both go to MLflow as artifacts at the end.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from collections import deque
 from pathlib import Path
 
@@ -41,6 +43,39 @@ class CsvLog:
 
 def _fmt(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def cut_after(path: Path, states: int) -> int:
+    """Keep only the rows of a log written at or before ``states``; returns the rows dropped.
+
+    After a crash the run resumes from its last checkpoint, and the rows written since
+    would be written again; a row cut short by the crash is dropped too. The file is
+    replaced atomically, so a crash here leaves the old file or the new one.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return 0
+    header, body = rows[0], rows[1:]
+    column = header.index("states")
+    kept = [row for row in body if len(row) == len(header) and _at_or_before(row[column], states)]
+    if len(kept) == len(body):
+        return 0
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([header, *kept])
+    os.replace(tmp, path)
+    return len(body) - len(kept)
+
+
+def _at_or_before(value: str, states: int) -> bool:
+    try:
+        return int(value) <= states
+    except ValueError:  # a row cut short by a crash
+        return False
 
 
 def read_rewards(path: Path) -> list[float]:

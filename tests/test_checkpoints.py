@@ -159,3 +159,35 @@ def _repo_root():
     from pathlib import Path
 
     return Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "emptied", "missing"])
+def test_a_corrupt_newest_checkpoint_is_reported_set_aside_and_the_previous_used(tmp_path, damage):
+    directory = tmp_path / "run" / "checkpoints"
+    with Checkpointer(directory, keep=3) as checkpointer:
+        for step, seed in ((10, 1), (20, 2)):
+            checkpointer.save(step, trained_state(seed), jax.random.PRNGKey(step), {"states": step})
+    files = [p for p in (directory / "20" / "state").rglob("*") if p.is_file()]
+    for path in files:
+        if damage == "garbage":
+            path.write_bytes(np.random.default_rng(0).bytes(max(path.stat().st_size, 8)))
+        elif damage == "emptied":
+            path.write_bytes(b"")
+        else:
+            path.unlink()
+    said = []
+    with Checkpointer(directory, keep=3) as checkpointer:
+        train_state, key, counters = checkpointer.restore_newest_readable(fresh_state(), say=said.append)
+        assert checkpointer.all_steps() == [10]  # the damaged one no longer counts as the latest
+        assert checkpointer.save(15, train_state, key, {"states": 15})  # so the run can save again
+    assert counters == {"states": 10}
+    expected = trained_state(1)
+    for got, want in zip(jax.tree.leaves(train_state), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(key), np.asarray(jax.random.PRNGKey(10)))
+    assert len(said) == 1 and "\n" not in said[0] and "checkpoint at 20 states cannot be read" in said[0]
+    assert (tmp_path / "run" / "corrupt-checkpoints" / "20").is_dir()
+
+
+def test_no_readable_checkpoint_gives_none(tmp_path):
+    assert Checkpointer(tmp_path / "none").restore_newest_readable(fresh_state()) is None
