@@ -1,13 +1,16 @@
-"""What test mode shows: a live window (``render=true``) or a video (``video=true``).
+"""What test mode shows: a live window (``render=true``) or videos (``video=true``).
 
 Both show what the agent sees: the 105x80 grayscale frame beside its motion trace,
-enlarged four times.
+enlarged four times. A video can also show, beside the frames, the Q-value of each
+action with the chosen action marked, write one file per episode (the first N
+episodes only, if asked) and a GIF next to each MP4.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,8 @@ import numpy as np
 from dqn_jax.config import ConfigError
 
 SCALE = 4
+PANEL_WIDTH = 240  # pixels of the Q-value panel beside the frames
+GIF_SCALE = 2  # a GIF keeps every other pixel: a quarter of the bytes, still readable
 
 
 def picture(state: np.ndarray) -> np.ndarray:
@@ -26,18 +31,121 @@ def picture(state: np.ndarray) -> np.ndarray:
     return np.stack([big] * 3, axis=-1)
 
 
+def q_panel(height: int, q_values=None, action: int | None = None,
+            action_names: list[str] | None = None) -> np.ndarray:
+    """An RGB (height, PANEL_WIDTH) image: one bar per action, its name and Q-value.
+
+    The bars share the frame's scale (lowest Q at the left edge, highest at the right);
+    the chosen action's row is green. Without Q-values the panel is blank, so a video
+    keeps one frame size whatever its caller passes.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.new("RGB", (PANEL_WIDTH, height), (24, 24, 24))
+    if q_values is None:
+        return np.asarray(image)
+    q = np.asarray(q_values, dtype=np.float64).reshape(-1)
+    names = list(action_names) if action_names else [f"action {i}" for i in range(q.size)]
+    draw = ImageDraw.Draw(image)
+    header = 24
+    row = max(14, min(48, (height - header - 4) // max(q.size, 1)))
+    font = ImageFont.load_default(size=max(9, min(16, row // 2)))
+    draw.text((6, 4), "Q-value of each action", fill=(160, 160, 160), font=font)
+    low, span = q.min(), max(float(np.ptp(q)), 1e-9)
+    for i, value in enumerate(q):
+        top = header + i * row
+        chosen = action is not None and i == int(action)
+        colour = (80, 200, 90) if chosen else (110, 140, 200)
+        length = int(8 + (PANEL_WIDTH - 20) * (value - low) / span)
+        draw.rectangle([4, top + row // 2, 4 + length, top + row - 3], fill=colour)
+        label = f"{'> ' if chosen else ''}{names[i]}  {value:.3f}"
+        draw.text((6, top), label, fill=(255, 255, 255) if chosen else (200, 200, 200), font=font)
+    return np.asarray(image)
+
+
+def video_frame(state: np.ndarray, q_values=None, action: int | None = None,
+                action_names: list[str] | None = None, with_q: bool = False) -> np.ndarray:
+    """The frames of ``state`` enlarged, with the Q-value panel on the right if ``with_q``."""
+    frame = picture(state)
+    if not with_q:
+        return frame
+    return np.concatenate([frame, q_panel(frame.shape[0], q_values, action, action_names)], axis=1)
+
+
 class VideoSink:
-    def __init__(self, path: Path, fps: int = 15):
+    """Frames to an MP4 (and a GIF beside it on request).
+
+    Called as ``sink(state)`` or ``sink(state, q_values, action)``. By default every
+    frame goes into ``path``. With ``per_episode`` each episode gets its own files
+    (``test-video-1.mp4``, ``test-video-2.mp4``, ...): call :meth:`episode_end` when
+    game 0's episode ends. With ``episodes=N`` frames after the N-th episode are
+    ignored (``wants_frames`` turns false). ``frames`` counts the frames of each
+    file written, ``paths`` lists the files.
+    """
+
+    def __init__(self, path: Path, fps: int = 15, *, gif: bool = False, q_values: bool = False,
+                 action_names: list[str] | None = None, episodes: int | None = None,
+                 per_episode: bool = False):
+        self.path = Path(path)
+        self.fps = int(fps)
+        self.gif = gif
+        self.with_q = q_values
+        self.action_names = action_names
+        self.episodes = episodes
+        self.per_episode = per_episode
+        self.episodes_done = 0
+        self.frames: dict[Path, int] = {}
+        self._writers: list = []
+
+    @property
+    def wants_frames(self) -> bool:
+        return self.episodes is None or self.episodes_done < self.episodes
+
+    @property
+    def paths(self) -> list[Path]:
+        """The files written so far (MP4 then GIF for each episode)."""
+        return list(self.frames)
+
+    def _current_path(self) -> Path:
+        if not self.per_episode:
+            return self.path
+        return self.path.with_name(f"{self.path.stem}-{self.episodes_done + 1}{self.path.suffix}")
+
+    def _open(self) -> None:
         import imageio.v2 as imageio
 
-        self.path = path
-        self._writer = imageio.get_writer(path, fps=fps, macro_block_size=1)
+        mp4 = self._current_path()
+        mp4.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():  # ffmpeg is forked and exec'd at once: JAX's warning does not apply
+            warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+            self._writers = [(mp4, imageio.get_writer(mp4, fps=self.fps, macro_block_size=1), 1)]
+        if self.gif:
+            gif = mp4.with_suffix(".gif")
+            self._writers.append((gif, imageio.get_writer(gif, mode="I", duration=1000 / self.fps,
+                                                          loop=0), GIF_SCALE))
+        for file, _, _ in self._writers:
+            self.frames[file] = 0
 
-    def __call__(self, state: np.ndarray) -> None:
-        self._writer.append_data(picture(state))
+    def __call__(self, state: np.ndarray, q_values=None, action: int | None = None) -> None:
+        if not self.wants_frames:
+            return
+        if not self._writers:
+            self._open()
+        image = video_frame(state, q_values, action, self.action_names, self.with_q)
+        for file, writer, step in self._writers:
+            writer.append_data(image[::step, ::step])
+            self.frames[file] += 1
+
+    def episode_end(self) -> None:
+        """Game 0's episode ended: count it; with ``per_episode`` close its files."""
+        self.episodes_done += 1
+        if self.per_episode or not self.wants_frames:
+            self.close()
 
     def close(self) -> None:
-        self._writer.close()
+        for _, writer, _ in self._writers:
+            writer.close()
+        self._writers = []
 
 
 class WindowSink:
@@ -50,7 +158,7 @@ class WindowSink:
         axes.set_axis_off()
         self._image = None
 
-    def __call__(self, state: np.ndarray) -> None:
+    def __call__(self, state: np.ndarray, q_values=None, action: int | None = None) -> None:
         frame = picture(state)
         if self._image is None:
             self._image = self._figure.axes[0].imshow(frame)
@@ -58,19 +166,30 @@ class WindowSink:
             self._image.set_data(frame)
         self._plt.pause(0.001)
 
+    def episode_end(self) -> None:
+        pass
+
     def close(self) -> None:
         self._plt.close(self._figure)
 
 
-def open_sink(cfg, run_dir: Path):
-    """The sink test mode feeds with game 0's states, or None."""
+def open_sink(cfg, run_dir: Path, *, episodes: int | None = None, gif: bool = False,
+              q_values: bool = False, per_episode: bool = False,
+              action_names: list[str] | None = None):
+    """The sink test mode feeds with game 0's states, or None.
+
+    ``video=true`` alone writes ``<run_dir>/test-video.mp4``; the keywords ask for
+    the first ``episodes`` episodes only, a GIF beside each MP4, the Q-value panel,
+    one file pair per episode (``test-video-<k>.mp4``), and the actions' names.
+    """
     if not (cfg.render or cfg.video):
         return None
     if cfg.env.kind != "atari":
         raise ConfigError("render=true and video=true need an Atari game (env.kind=atari)")
     if cfg.video:
         run_dir.mkdir(parents=True, exist_ok=True)
-        return VideoSink(run_dir / "test-video.mp4")
+        return VideoSink(run_dir / "test-video.mp4", gif=gif, q_values=q_values, episodes=episodes,
+                         per_episode=per_episode, action_names=action_names)
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise ConfigError("render=true needs a display and none is set (DISPLAY); use video=true to write a video instead")
     return WindowSink()

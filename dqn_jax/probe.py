@@ -1,0 +1,168 @@
+"""Playing a checkpoint for the analysis: a replay memory, the network's insides, videos.
+
+Everything here works from a restored network and its parameters, the way training
+and test mode use them (``agent.Player``, ``memory.sweep``), so the pictures show
+what the run's own agent does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dqn_jax import pictures
+
+
+@dataclass
+class Snapshot:
+    """A replay memory after its sweep, on the host; arrays are (T, N, ...)."""
+
+    states: np.ndarray
+    estimates: np.ndarray  # Q-values estimated while acting
+    targets: np.ndarray  # Q-values after the sweep
+    actions: np.ndarray
+    rewards: np.ndarray
+    end_life: np.ndarray
+    end_episode: np.ndarray
+    errors: np.ndarray
+    epsilon: float
+
+
+def play_memory(cfg, games, network, params, count: int, size: int, seed: int) -> Snapshot:
+    """Fill a memory of ``size`` states as training would at ``count`` states, and sweep it."""
+    import jax
+
+    from dqn_jax import agent
+    from dqn_jax import memory as replay
+    from dqn_jax.schedules import ControlSignals
+
+    signals = ControlSignals.from_config(cfg.schedule)
+    player = agent.Player(network, cfg.env, signals.epsilon, cfg.memory.reward_clip)
+    shape, dtype = agent.state_spec(cfg.env, games.observation_shape, games.observation_dtype)
+    rows = max(2, size // games.num_envs)
+    memory = replay.init_memory(rows, games.num_envs, shape, dtype, games.num_actions)
+    frames, lives = games.reset(seed=seed)
+    tracer, key = player.start(frames), jax.random.PRNGKey(seed)
+    restart, outcome = np.ones(games.num_envs, bool), None
+    for _ in range(rows):
+        memory, key, tracer, actions, epsilon = player.play(params, memory, tracer, frames, restart,
+                                                            key, count, outcome)
+        step = games.step(np.asarray(actions))
+        outcome = (step.rewards, (step.lives < lives) & ~step.ended, step.ended)
+        frames, lives, restart = step.frames, step.lives, step.ended
+    memory = replay.record_outcome_jit(memory, *outcome, cfg.memory.reward_clip)
+    estimates = np.array(memory.q_values)  # a copy: the sweep donates the memory
+    memory, _ = replay.sweep(memory, cfg.memory.discount, agent.sweep_method(cfg.memory.sweep))
+    host = jax.device_get(memory)
+    return Snapshot(np.asarray(host.states), estimates, np.asarray(host.q_values),
+                    np.asarray(host.actions), np.asarray(host.rewards), np.asarray(host.end_life),
+                    np.asarray(host.end_episode), np.asarray(host.errors), float(epsilon))
+
+
+def pick_states(snapshot: Snapshot, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the ``n`` largest estimation errors (largest first) and ``n`` random states."""
+    errors = snapshot.errors.reshape(-1)
+    n = min(n, errors.size)
+    largest = np.argsort(-errors, kind="stable")[:n]
+    chosen = np.random.default_rng(seed).choice(errors.size, size=n, replace=False)
+    return largest, chosen
+
+
+def state_panels(snapshot: Snapshot, flat: np.ndarray) -> list[pictures.StatePanel]:
+    games = snapshot.actions.shape[1]
+    panels = []
+    for i in flat:
+        t, g = divmod(int(i), games)
+        a = int(snapshot.actions[t, g])
+        panels.append(pictures.StatePanel(
+            state=snapshot.states[t, g], action=a, reward=float(snapshot.rewards[t, g]),
+            q=snapshot.estimates[t, g], target=float(snapshot.targets[t, g, a]),
+            error=float(snapshot.errors[t, g]), end_life=bool(snapshot.end_life[t, g]),
+            end_episode=bool(snapshot.end_episode[t, g]), index=(t, g)))
+    return panels
+
+
+def panel_record(panel: pictures.StatePanel, names: list[str]) -> dict:
+    return {"row": panel.index[0], "game": panel.index[1], "action": names[panel.action],
+            "reward": panel.reward, "q": {n: float(v) for n, v in zip(names, panel.q, strict=True)},
+            "target": panel.target, "error": panel.error}
+
+
+# ---------------------------------------------------------------------------- the network
+
+def conv_layers(network, params, state: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """Each convolution's output for ``state`` after its ReLU, as (name, (h, w, channels)).
+
+    Flax's ``capture_intermediates`` keeps the return value of every ``nn.Conv`` call.
+    """
+    import flax.linen as nn
+
+    _, variables = network.apply(params, state[None], mutable=["intermediates"],
+                                 capture_intermediates=lambda module, _: isinstance(module, nn.Conv))
+    found = variables.get("intermediates", {})
+    names = sorted((k for k in found if k.startswith("Conv_")), key=lambda k: int(k.split("_")[1]))
+    return [(f"conv {i + 1}", np.maximum(np.asarray(found[k]["__call__"][0][0], np.float32), 0.0))
+            for i, k in enumerate(names)]
+
+
+def layer_kernels(params, prefix: str) -> list[tuple[str, np.ndarray]]:
+    """The kernels of the layers named ``<prefix>_<i>`` in order, as (name, array)."""
+    layers = params["params"]
+    names = sorted((k for k in layers if k.startswith(f"{prefix}_")), key=lambda k: int(k.split("_")[1]))
+    return [(f"{prefix.lower()} {i + 1}", np.asarray(layers[k]["kernel"])) for i, k in enumerate(names)]
+
+
+def network_pictures(cfg, network, params, state, out: Path, title: str) -> list[Path]:
+    """Filters and convolution outputs (hvass, nature) or dense weight maps (mlp)."""
+    if cfg.network.name == "mlp":
+        return [pictures.dense_weights(layer_kernels(params, "Dense"), out / "dense-weights.png",
+                                       f"{title}: dense weight matrices")]
+    (_, first), *_ = layer_kernels(params, "Conv")
+    return [
+        pictures.conv_filters(first, out / "conv1-filters.png",
+                              f"{title}: first convolution's {first.shape[-1]} filters "
+                              f"({first.shape[0]}x{first.shape[1]}), one row block per input"),
+        pictures.conv_outputs(state, conv_layers(network, params, state), out / "conv-outputs.png",
+                              f"{title}: convolution outputs for the state of largest error"),
+    ]
+
+
+# ---------------------------------------------------------------------------- videos
+
+def record_videos(cfg, network, params, action_names, out: Path, *, episodes: int, max_steps: int,
+                  gif: bool, q_values: bool, seed: int) -> list[dict]:
+    """Play ``episodes`` test episodes of one game; each becomes test-episode-<k>.mp4 (+ .gif).
+
+    A video stops at ``max_steps`` steps even if its episode goes on (the next one starts
+    afresh). Returns per video: its files, the steps played, the score and how it ended.
+    """
+    import jax
+    import optax
+
+    from dqn_jax import agent, display
+    from dqn_jax.envs import make_games
+
+    player = agent.Player(network, cfg.env, optax.constant_schedule(cfg.schedule.epsilon_test))
+    sink = display.VideoSink(out / "test-episode.mp4", gif=gif, q_values=q_values,
+                             action_names=action_names, episodes=episodes, per_episode=True)
+    videos: list[dict] = []
+    key = jax.random.PRNGKey(seed)
+    with make_games(cfg.env, 1, seed) as games:
+        while sink.wants_frames:
+            frames, _ = games.reset(seed=seed + 1_000_003 + len(videos))
+            tracer, restart = player.start(frames), np.ones(1, bool)
+            steps, score, ended = 0, 0.0, False
+            while not ended and steps < max_steps:
+                key, tracer, states, q, actions, _ = player.act(params, tracer, frames, restart, key, 0)
+                sink(np.asarray(states[0]), np.asarray(q[0]), int(actions[0]))
+                step = games.step(np.asarray(actions))
+                steps, score, ended = steps + 1, score + float(step.rewards[0]), bool(step.ended[0])
+                frames, restart = step.frames, step.ended
+            sink.episode_end()
+            files = [p for p in sink.paths if p.stem == f"{sink.path.stem}-{len(videos) + 1}"]
+            videos.append({"files": [str(p) for p in files], "steps": steps, "score": score,
+                           "episode_ended": ended, "frames": {str(p): sink.frames[p] for p in files}})
+    sink.close()
+    return videos
