@@ -106,7 +106,7 @@ class Learner:
         self._update_jit = jax.jit(self._update_traced, donate_argnums=0)
         self._chunk_jit = jax.jit(self._chunk_traced, donate_argnums=0)
         self._step_jit = jax.jit(self._step_traced, donate_argnums=0)
-        self._share_jit = jax.jit(self._share)
+        self._plan_jit = jax.jit(self._plan)
 
     # ------------------------------------------------------------------ one update
 
@@ -139,20 +139,18 @@ class Learner:
         converged = (i >= min_iters) & (self._mean_loss(i, ring) < loss_limit)
         return (i >= max_iters) | converged
 
-    def _iteration(self, carry, memory, learning_rate, limits):
+    def _iteration(self, carry, memory, plan, learning_rate, limits):
         """Sample an error-split batch, take one update step, record the loss."""
         ts, key, i, ring, _ = carry
         key, sample_key = jax.random.split(key)
-        idx = mem.sample_indices(sample_key, memory.errors.reshape(-1),
-                                 mem.used_rows_mask(memory).reshape(-1), self.error_threshold,
-                                 self.min_high_share, self.batch_size)
+        idx = mem.sample_batch(sample_key, plan, self.batch_size)
         states, targets = mem.gather_batch(memory, idx)
         ts, loss = self._step(ts, states, targets, learning_rate)
         ring = ring.at[i % self.loss_window].set(loss)
         i = i + 1
         return ts, key, i, ring, self._is_done(i, ring, *limits)
 
-    def _chunk_traced(self, train_state, memory, key, iteration, ring, learning_rate, loss_limit,
+    def _chunk_traced(self, train_state, memory, plan, key, iteration, ring, learning_rate, loss_limit,
                       min_iters, max_iters):
         self.trace_counts["optimise_chunk"] += 1
         limits = (loss_limit, min_iters, max_iters)
@@ -162,22 +160,23 @@ class Learner:
             return (~carry[4]) & (carry[2] < stop_at)
 
         def body(carry):
-            return self._iteration(carry, memory, learning_rate, limits)
+            return self._iteration(carry, memory, plan, learning_rate, limits)
 
         carry = (train_state, key, iteration, ring, self._is_done(iteration, ring, *limits))
         carry = jax.lax.while_loop(cond, body, carry)
         return *carry, self._mean_loss(carry[2], carry[3])
 
-    def _step_traced(self, train_state, memory, key, iteration, ring, learning_rate, loss_limit,
+    def _step_traced(self, train_state, memory, plan, key, iteration, ring, learning_rate, loss_limit,
                      min_iters, max_iters):
         self.trace_counts["optimise_step"] += 1
         carry = (train_state, key, iteration, ring, jnp.zeros((), bool))
-        carry = self._iteration(carry, memory, learning_rate, (loss_limit, min_iters, max_iters))
+        carry = self._iteration(carry, memory, plan, learning_rate, (loss_limit, min_iters, max_iters))
         return *carry, self._mean_loss(carry[2], carry[3])
 
-    def _share(self, memory):
-        return mem.high_error_share(memory.errors.reshape(-1), mem.used_rows_mask(memory).reshape(-1),
-                                    self.error_threshold)
+    def _plan(self, memory):
+        """The cycle's error split, made once per optimise: each batch then costs O(batch)."""
+        return mem.prepare_sampling(memory.errors.reshape(-1), mem.used_rows_mask(memory).reshape(-1),
+                                    self.error_threshold, self.min_high_share, self.batch_size)
 
     def iteration_limits(self, used_states: int, min_epochs: float, max_epochs: float):
         """(iterations per epoch, min iterations, max iterations) for a memory of ``used_states``."""
@@ -197,11 +196,14 @@ class Learner:
         of the last ``loss_window`` batch losses is below ``loss_limit``. ``progress`` is
         called every ``chunk`` iterations and at the end with (iterations done, max
         iterations, mean loss). ``stop()`` true ends the loop early (Ctrl-C): checked
-        after every iteration on the host loop, every chunk on the device loop.
+        after every iteration on the host loop; on the device loop after every chunk,
+        and the chunk queued behind it still runs.
         ``train_state`` is donated; the memory is only read.
         Returns (train_state, key, OptimiseResult).
         """
-        used_states = int(memory.count) * memory.num_games
+        plan = self._plan_jit(memory)
+        available = jax.device_get(plan.available)  # (high, low): the one read before the loop
+        used_states = int(available.sum())
         per_epoch, min_iters, max_iters = self.iteration_limits(used_states, min_epochs, max_epochs)
         if used_states == 0:
             return train_state, key, OptimiseResult(0, 0.0, float("nan"), 0.0, 0)
@@ -210,30 +212,34 @@ class Learner:
         args = (jnp.asarray(learning_rate, f32), jnp.asarray(loss_limit, f32),
                 jnp.asarray(min_iters, i32), jnp.asarray(max_iters, i32))
         run = self._run_device if self.loop == "device" else self._run_host
-        carry, iterations, mean_loss = run(memory, carry, args, min_iters, max_iters, progress,
+        carry, iterations, mean_loss = run((memory, plan), carry, args, min_iters, max_iters, progress,
                                            stop or (lambda: False))
         result = OptimiseResult(
             iterations=iterations,
             epochs=iterations / per_epoch,
             mean_loss=mean_loss,
-            high_error_share=float(self._share_jit(memory)),
+            high_error_share=float(available[0]) / used_states,
             max_iterations=max_iters,
         )
         return carry[0], carry[1], result
 
-    def _run_device(self, memory, carry, args, min_iters, max_iters, progress, stop):
+    def _run_device(self, data, carry, args, min_iters, max_iters, progress, stop):
+        # The next chunk is queued before this one's few scalars are read, so the device
+        # never waits for the host; a chunk queued after the loop is done runs no iteration.
+        out = self._chunk_jit(carry[0], *data, *carry[1:], *args)
         while True:
-            *state, done, mean_loss = self._chunk_jit(carry[0], memory, *carry[1:], *args)
-            carry = tuple(state[:4])
-            done, iterations, mean_loss = jax.device_get((done, carry[2], mean_loss))
+            done, iterations, mean_loss = jax.device_get((out[4], out[2], out[5]))
+            out = self._chunk_jit(out[0], *data, *out[1:4], *args)
             if progress is not None:
                 progress(int(iterations), max_iters, float(mean_loss))
             if done or stop():
-                return carry, int(iterations), float(mean_loss)
+                if not done:  # stopped: the queued chunk may have run more iterations
+                    iterations, mean_loss = jax.device_get((out[2], out[5]))
+                return tuple(out[:4]), int(iterations), float(mean_loss)
 
-    def _run_host(self, memory, carry, args, min_iters, max_iters, progress, stop):
+    def _run_host(self, data, carry, args, min_iters, max_iters, progress, stop):
         for i in range(1, max_iters + 1):
-            *state, done, mean_loss = self._step_jit(carry[0], memory, *carry[1:], *args)
+            *state, done, mean_loss = self._step_jit(carry[0], *data, *carry[1:], *args)
             carry = tuple(state[:4])
             # Before min_iters nothing can stop the loop, so steps are queued without a sync.
             finished = i == max_iters or (i >= min_iters and bool(done)) or stop()

@@ -9,7 +9,9 @@ and every operation is a pure function over it:
 * :func:`sweep` walks each game's history backwards and turns the Q-values estimated
   while acting into training targets (the tutorial's backward sweep), exactly, either
   with a sequential ``lax.scan`` or in parallel with ``lax.associative_scan``;
-* :func:`sample_indices` and :func:`gather_batch` draw error-split batches.
+* :func:`prepare_sampling` splits the used states by error once per learning cycle;
+  :func:`sample_batch` then draws an error-split batch in O(batch), :func:`gather_batch`
+  reads it.
 
 States keep their own dtype (uint8 images), the network scales them; the memory never
 holds a float copy. Rows at and after ``count`` are stale and ignored everywhere.
@@ -309,33 +311,35 @@ def sweep_cache_sizes() -> dict[str, int]:
 # ------------------------------------------------------------------------- sampling
 
 
-def high_error_share(errors_flat, used_mask, threshold) -> jax.Array:
-    """Fraction of the used states whose error is at least ``threshold``."""
-    high = used_mask & (errors_flat >= threshold)
-    return jnp.sum(high) / jnp.maximum(jnp.sum(used_mask), 1)
+class SamplingPlan(NamedTuple):
+    """The error split of one learning cycle, prepared once so that a batch costs O(batch).
+
+    ``order`` lists the flat indices (into T*N) of the used high-error states, then the
+    used low-error ones, then the rest; ``quota`` holds (n_hi, n_lo), the states a batch
+    takes from each group, and ``available`` the groups' sizes.
+    """
+
+    order: jax.Array  # int32 (T*N,)
+    available: jax.Array  # int32 (2,): high-error, low-error used states
+    quota: jax.Array  # int32 (2,): n_hi, n_lo per batch
 
 
-def sample_indices(key, errors_flat, used_mask, threshold, min_high_share, batch_size: int):
-    """Flat indices (into T*N) of one error-split batch, int32 (batch_size,).
+def prepare_sampling(errors_flat, used_mask, threshold, min_high_share, batch_size: int) -> SamplingPlan:
+    """The high/low-error groups and per-batch quotas (the tutorial's ``prepare_sampling_prob``).
 
     Among the used states, "low error" means error < threshold, "high error" the rest.
-    The batch takes n_hi = int(max(high share, min_high_share) * batch_size) high-error
-    states and n_lo = batch_size - n_hi low-error ones, each group drawn without
-    replacement, so no state appears twice.
-
-    A group holding fewer states than its quota gives all of them and the other group
-    fills the rest of the batch. Only when the used memory holds fewer states than a
-    batch do states repeat (each used state then appears about equally often). The
-    result is undefined for an empty memory.
+    A batch takes n_hi = int(max(high share, min_high_share) * batch_size) high-error
+    states and n_lo = batch_size - n_hi low-error ones. A group holding fewer states
+    than its quota gives all of them and the other group fills the rest of the batch.
     """
     batch_size = int(batch_size)
     errors_flat = errors_flat.reshape(-1)
     used_mask = used_mask.reshape(-1)
     high = used_mask & (errors_flat >= threshold)
     low = used_mask & (errors_flat < threshold)
-    n_used = jnp.sum(used_mask, dtype=jnp.int32)
     hi_avail = jnp.sum(high, dtype=jnp.int32)
     lo_avail = jnp.sum(low, dtype=jnp.int32)
+    n_used = hi_avail + lo_avail
 
     # int(max(share, m) * B) == max(floor(share * B), floor(m * B)); the first in exact integers.
     from_share = (hi_avail * batch_size) // jnp.maximum(n_used, 1)
@@ -345,19 +349,70 @@ def sample_indices(key, errors_flat, used_mask, threshold, min_high_share, batch
     n_hi = jnp.clip(n_hi, batch_size - lo_avail, hi_avail)
     n_lo = jnp.minimum(batch_size - n_hi, lo_avail)
 
-    # A uniform random key per state; the top batch_size keys inside a group are a
-    # uniform sample without replacement, in random order. Out-of-group states get -1.
-    u = jax.random.uniform(key, errors_flat.shape)
-    scores = jnp.stack([jnp.where(high, u, -1.0), jnp.where(low, u, -1.0)])
-    _, top = jax.lax.top_k(scores, min(batch_size, errors_flat.shape[0]))
-    top = jnp.pad(top, ((0, 0), (0, batch_size - top.shape[1])))
+    group = jnp.where(high, 0, jnp.where(low, 1, 2)).astype(jnp.int8)
+    order = jnp.argsort(group, stable=True).astype(jnp.int32)
+    return SamplingPlan(order, jnp.stack([hi_avail, lo_avail]), jnp.stack([n_hi, n_lo]))
 
+
+def _distinct(key, n, size: int):
+    """``size`` distinct integers from [0, n) in random order (the first min(n, size) slots
+    when n < size; the rest are 0): a uniform draw without replacement.
+
+    Uniform integers are drawn in blocks and kept in draw order when not seen before,
+    which is exactly sequential sampling without replacement. One block of 2 x size
+    nearly always suffices when n is much larger than ``size``; near n = size a few do.
+    Cost O(size log size) per block, independent of the memory's size.
+    """
+    block = 2 * size
+    wanted = jnp.minimum(n, size)
+
+    def more(carry):
+        return carry[2] < wanted
+
+    def draw(carry):
+        key, chosen, filled = carry
+        key, pick = jax.random.split(key)
+        candidates = jax.random.randint(pick, (block,), 0, jnp.maximum(n, 1), dtype=jnp.int32)
+        # Stable sort of (chosen so far, candidates): a candidate is new when it starts its
+        # run of equal values, since anything equal and earlier comes before it.
+        values = jnp.concatenate([jnp.where(jnp.arange(size) < filled, chosen, -1), candidates])
+        order = jnp.argsort(values, stable=True)
+        ranked = values[order]
+        starts = jnp.concatenate([jnp.ones((1,), bool), ranked[1:] != ranked[:-1]])
+        new = jnp.zeros(values.shape, bool).at[order].set(starts & (order >= size))[size:]
+        slot = filled + jnp.cumsum(new) - 1
+        chosen = chosen.at[jnp.where(new & (slot < wanted), slot, size)].set(candidates, mode="drop")
+        return key, chosen, jnp.minimum(filled + jnp.sum(new, dtype=jnp.int32), wanted)
+
+    carry = (key, jnp.zeros((size,), jnp.int32), jnp.zeros((), jnp.int32))
+    return jax.lax.while_loop(more, draw, carry)[1]
+
+
+def sample_batch(key, plan: SamplingPlan, batch_size: int) -> jax.Array:
+    """Flat indices (into T*N) of one error-split batch, int32 (batch_size,), from ``plan``.
+
+    n_hi high-error then n_lo low-error states, each group drawn uniformly without
+    replacement (as the tutorial's ``np.random.choice(..., replace=False)``), so no
+    state appears twice. Only when the used memory holds fewer states than a batch do
+    states repeat (each used state then appears about equally often). The result is
+    undefined for an empty memory.
+    """
+    batch_size = int(batch_size)
+    keys = jax.random.split(key)
+    picks = jax.vmap(_distinct, in_axes=(0, 0, None))(keys, plan.available, batch_size)
+    n_hi, n_lo = plan.quota[0], plan.quota[1]
     # Position j takes the j-th high-error pick, then the low-error picks; when the
     # memory is smaller than a batch, positions wrap around the n_hi + n_lo distinct picks.
     pos = jnp.arange(batch_size) % jnp.maximum(n_hi + n_lo, 1)
     from_high = pos < n_hi
-    idx = jnp.where(from_high, top[0, pos], top[1, jnp.clip(pos - n_hi, 0, batch_size - 1)])
-    return idx.astype(jnp.int32)
+    in_group = jnp.where(from_high, picks[0, pos], picks[1, jnp.clip(pos - n_hi, 0, batch_size - 1)])
+    offset = jnp.where(from_high, 0, plan.available[0])
+    return plan.order[in_group + offset]
+
+
+def high_error_share(plan: SamplingPlan) -> jax.Array:
+    """Fraction of the used states in the high-error group."""
+    return plan.available[0] / jnp.maximum(jnp.sum(plan.available), 1)
 
 
 def gather_batch(memory: ReplayMemory, idx) -> tuple[jax.Array, jax.Array]:

@@ -169,5 +169,6 @@ def test_stop_ends_the_optimise_loop_early_with_a_usable_state(loop):
     checks = []
     state, _, res = learner.optimise(state, memory, jax.random.key(0), learning_rate=1e-3, loss_limit=0.0,
                                      max_epochs=3.0, stop=lambda: checks.append(1) or len(checks) >= 2)
-    assert res.iterations == (8 if loop == "device" else 2) and res.max_iterations == 30
+    # Device loop: stop is seen after the second chunk, and the third, already queued, runs too.
+    assert res.iterations == (12 if loop == "device" else 2) and res.max_iterations == 30
     assert int(state.updates) == res.iterations  # not donated away: still a live train state
