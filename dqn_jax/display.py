@@ -32,25 +32,28 @@ def picture(state: np.ndarray) -> np.ndarray:
 
 
 def q_panel(height: int, q_values=None, action: int | None = None,
-            action_names: list[str] | None = None) -> np.ndarray:
-    """An RGB (height, PANEL_WIDTH) image: one bar per action, its name and Q-value.
+            action_names: list[str] | None = None, step: int | None = None) -> np.ndarray:
+    """An RGB (height, PANEL_WIDTH) image: the step, then per action a bar, its name and Q-value.
 
     The bars share the frame's scale (lowest Q at the left edge, highest at the right);
-    the chosen action's row is green. Without Q-values the panel is blank, so a video
-    keeps one frame size whatever its caller passes.
+    the chosen action's row is green. Without Q-values the panel shows only the step, so
+    a video keeps one frame size whatever its caller passes. The step number also keeps
+    a GIF's frames distinct: Pillow merges identical consecutive frames into one.
     """
     from PIL import Image, ImageDraw, ImageFont
 
     image = Image.new("RGB", (PANEL_WIDTH, height), (24, 24, 24))
+    draw = ImageDraw.Draw(image)
+    header = 24
+    if step is not None:
+        draw.text((6, 4), f"step {step}", fill=(160, 160, 160), font=ImageFont.load_default(size=14))
     if q_values is None:
         return np.asarray(image)
     q = np.asarray(q_values, dtype=np.float64).reshape(-1)
     names = list(action_names) if action_names else [f"action {i}" for i in range(q.size)]
-    draw = ImageDraw.Draw(image)
-    header = 24
     row = max(14, min(48, (height - header - 4) // max(q.size, 1)))
     font = ImageFont.load_default(size=max(9, min(16, row // 2)))
-    draw.text((6, 4), "Q-value of each action", fill=(160, 160, 160), font=font)
+    draw.text((PANEL_WIDTH // 2 - 20, 4), "Q-values", fill=(160, 160, 160), font=font)
     low, span = q.min(), max(float(np.ptp(q)), 1e-9)
     for i, value in enumerate(q):
         top = header + i * row
@@ -64,12 +67,14 @@ def q_panel(height: int, q_values=None, action: int | None = None,
 
 
 def video_frame(state: np.ndarray, q_values=None, action: int | None = None,
-                action_names: list[str] | None = None, with_q: bool = False) -> np.ndarray:
+                action_names: list[str] | None = None, with_q: bool = False,
+                step: int | None = None) -> np.ndarray:
     """The frames of ``state`` enlarged, with the Q-value panel on the right if ``with_q``."""
     frame = picture(state)
     if not with_q:
         return frame
-    return np.concatenate([frame, q_panel(frame.shape[0], q_values, action, action_names)], axis=1)
+    panel = q_panel(frame.shape[0], q_values, action, action_names, step)
+    return np.concatenate([frame, panel], axis=1)
 
 
 class VideoSink:
@@ -80,7 +85,9 @@ class VideoSink:
     (``test-video-1.mp4``, ``test-video-2.mp4``, ...): call :meth:`episode_end` when
     game 0's episode ends. With ``episodes=N`` frames after the N-th episode are
     ignored (``wants_frames`` turns false). ``frames`` counts the frames of each
-    file written, ``paths`` lists the files.
+    file written, ``paths`` lists the files. A GIF has one frame per call when the
+    Q-value panel is on (it numbers the steps); without it, Pillow merges identical
+    consecutive frames into one longer frame.
     """
 
     def __init__(self, path: Path, fps: int = 15, *, gif: bool = False, q_values: bool = False,
@@ -116,9 +123,7 @@ class VideoSink:
 
         mp4 = self._current_path()
         mp4.parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():  # ffmpeg is forked and exec'd at once: JAX's warning does not apply
-            warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
-            self._writers = [(mp4, imageio.get_writer(mp4, fps=self.fps, macro_block_size=1), 1)]
+        self._writers = [(mp4, imageio.get_writer(mp4, fps=self.fps, macro_block_size=1), 1)]
         if self.gif:
             gif = mp4.with_suffix(".gif")
             self._writers.append((gif, imageio.get_writer(gif, mode="I", duration=1000 / self.fps,
@@ -131,9 +136,14 @@ class VideoSink:
             return
         if not self._writers:
             self._open()
-        image = video_frame(state, q_values, action, self.action_names, self.with_q)
+        step = self.frames[self._writers[0][0]] + 1
+        image = video_frame(state, q_values, action, self.action_names, self.with_q, step)
         for file, writer, step in self._writers:
-            writer.append_data(image[::step, ::step])
+            with warnings.catch_warnings():
+                # The first frame starts ffmpeg (fork, then exec at once): JAX's fork warning
+                # is about forked children that keep running Python, not this.
+                warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+                writer.append_data(image[::step, ::step])
             self.frames[file] += 1
 
     def episode_end(self) -> None:

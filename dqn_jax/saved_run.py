@@ -154,8 +154,13 @@ class SavedRun:
         from dqn_jax.checkpoints import Checkpointer
 
         with Checkpointer(self.run_dir / "checkpoints", self.cfg.checkpoint.keep) as checkpointer:
-            if checkpointer.latest_step() is None:
+            step = checkpointer.latest_step()
+            if step is None:
                 raise RunError(f"there is no checkpoint in {self.run_dir / 'checkpoints'}")
             parts = Parts(self.cfg, games, self.cfg.seed)
-            train_state, _, counters = checkpointer.restore(parts.train_state)
+            try:
+                train_state, _, counters = checkpointer.restore(parts.train_state, step)
+            except Exception as err:  # Orbax raises many kinds for a damaged or foreign file
+                raise RunError(f"the checkpoint at {step} states in {checkpointer.directory} cannot "
+                               f"be read ({type(err).__name__})") from None
         return parts.network, train_state.params, {k: int(v) for k, v in counters.items()}
