@@ -349,8 +349,12 @@ def prepare_sampling(errors_flat, used_mask, threshold, min_high_share, batch_si
     n_hi = jnp.clip(n_hi, batch_size - lo_avail, hi_avail)
     n_lo = jnp.minimum(batch_size - n_hi, lo_avail)
 
-    group = jnp.where(high, 0, jnp.where(low, 1, 2)).astype(jnp.int8)
-    order = jnp.argsort(group, stable=True).astype(jnp.int32)
+    # A stable partition (high, low, unused) by running counts: O(memory), once per cycle.
+    unused = ~(high | low)
+    slot = jnp.where(high, jnp.cumsum(high, dtype=jnp.int32) - 1,
+                     jnp.where(low, hi_avail + jnp.cumsum(low, dtype=jnp.int32) - 1,
+                               n_used + jnp.cumsum(unused, dtype=jnp.int32) - 1))
+    order = jnp.zeros_like(slot).at[slot].set(jnp.arange(slot.shape[0], dtype=jnp.int32))
     return SamplingPlan(order, jnp.stack([hi_avail, lo_avail]), jnp.stack([n_hi, n_lo]))
 
 
@@ -358,13 +362,14 @@ def _distinct(key, n, size: int):
     """``size`` distinct integers from [0, n) in random order (the first min(n, size) slots
     when n < size; the rest are 0): a uniform draw without replacement.
 
-    Uniform integers are drawn in blocks and kept in draw order when not seen before,
+    Uniform integers are drawn in blocks and kept, in draw order, when not seen before,
     which is exactly sequential sampling without replacement. One block of 2 x size
     nearly always suffices when n is much larger than ``size``; near n = size a few do.
-    Cost O(size log size) per block, independent of the memory's size.
+    The work per block is O(size^2) small comparisons, independent of the memory's size.
     """
     block = 2 * size
     wanted = jnp.minimum(n, size)
+    earlier = jnp.tril(jnp.ones((block, block), bool), -1)
 
     def more(carry):
         return carry[2] < wanted
@@ -373,13 +378,10 @@ def _distinct(key, n, size: int):
         key, chosen, filled = carry
         key, pick = jax.random.split(key)
         candidates = jax.random.randint(pick, (block,), 0, jnp.maximum(n, 1), dtype=jnp.int32)
-        # Stable sort of (chosen so far, candidates): a candidate is new when it starts its
-        # run of equal values, since anything equal and earlier comes before it.
-        values = jnp.concatenate([jnp.where(jnp.arange(size) < filled, chosen, -1), candidates])
-        order = jnp.argsort(values, stable=True)
-        ranked = values[order]
-        starts = jnp.concatenate([jnp.ones((1,), bool), ranked[1:] != ranked[:-1]])
-        new = jnp.zeros(values.shape, bool).at[order].set(starts & (order >= size))[size:]
+        kept = jnp.arange(size) < filled
+        seen = jnp.any((candidates[:, None] == chosen[None, :]) & kept, axis=1)
+        repeat = jnp.any((candidates[:, None] == candidates[None, :]) & earlier, axis=1)
+        new = ~seen & ~repeat
         slot = filled + jnp.cumsum(new) - 1
         chosen = chosen.at[jnp.where(new & (slot < wanted), slot, size)].set(candidates, mode="drop")
         return key, chosen, jnp.minimum(filled + jnp.sum(new, dtype=jnp.int32), wanted)

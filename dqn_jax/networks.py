@@ -14,6 +14,7 @@ kept in float32 and the Q-values are always returned as float32.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -138,3 +139,22 @@ def make_network(cfg, num_actions: int) -> nn.Module:
 def count_params(params) -> int:
     """Total number of scalars in a parameter pytree."""
     return int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(params)))
+
+
+_HEAVY_HLO = re.compile(r"=\s*\(?(\w+)\[[^=]*\b(?:convolution|dot)\(|=\s*\(?(\w+)\[.*custom_call_target=\"__(?:cudnn\$conv|cublas)")
+_HEAVY_STABLEHLO = re.compile(r"stablehlo\.(?:convolution|dot_general).*->\s*tensor<[\dx]*x(\w+)>")
+
+
+def compute_dtypes(program_text: str) -> list[str]:
+    """The result element type of every convolution and matrix product in a program's text.
+
+    Reads ``jax.jit(f).lower(...).as_text()`` (StableHLO: what XLA is asked to compute) or
+    ``.compile().as_text()`` (HLO: what the backend runs, cuDNN convolutions and cuBLAS
+    products included). XLA on CPU, for example, turns bf16 products into f32 ones.
+    """
+    found = []
+    for line in program_text.splitlines():
+        match = _HEAVY_STABLEHLO.search(line) or _HEAVY_HLO.search(line)
+        if match:
+            found.append(next(g for g in match.groups() if g))
+    return found

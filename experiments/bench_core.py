@@ -103,8 +103,9 @@ def bench_sweep(steps: int = 25_000, games: int = 8, actions: int = 4, python_ro
     return result
 
 
-def _hvass_learner(num_actions: int, batch_size: int, chunk: int = 256, loop: str = "auto"):
-    network = make_network(NetworkConfig(), num_actions)
+def _hvass_learner(num_actions: int, batch_size: int, chunk: int = 256, loop: str = "auto",
+                   dtype: str = "float32"):
+    network = make_network(NetworkConfig(dtype=dtype), num_actions)
     optimizer = L.make_optimizer()
     sample = jnp.zeros((1,) + STATE_SHAPE, jnp.uint8)
     state = jax.jit(L.create_train_state, static_argnums=(0, 3))(network, jax.random.key(0), sample, optimizer)
@@ -112,9 +113,9 @@ def _hvass_learner(num_actions: int, batch_size: int, chunk: int = 256, loop: st
     return network, state, learner
 
 
-def bench_update(batch_size: int = 128, steps: int = 10, num_actions: int = 4) -> dict:
+def bench_update(batch_size: int = 128, steps: int = 10, num_actions: int = 4, dtype: str = "float32") -> dict:
     """Jitted update steps per second of the default hvass network (compile excluded)."""
-    network, state, learner = _hvass_learner(num_actions, batch_size)
+    network, state, learner = _hvass_learner(num_actions, batch_size, dtype=dtype)
     rng = np.random.default_rng(0)
     states = jnp.asarray(rng.integers(0, 256, (batch_size,) + STATE_SHAPE), jnp.uint8)
     targets = jnp.asarray(rng.normal(size=(batch_size, num_actions)), jnp.float32)
@@ -162,6 +163,56 @@ def bench_optimise(batch_size: int = 128, iterations: int = 10, games: int = 8, 
     return {"iterations": res.iterations, "compile_s": compile_s, "loop": learner.loop,
             "samples_per_s": res.iterations * batch_size / seconds,
             "steps_per_s": res.iterations / seconds}
+
+
+def old_sample_indices(key, errors_flat, used_mask, threshold, min_high_share, batch_size: int):
+    """The sampler before the per-cycle plan, kept here only as the benchmark's reference:
+    a uniform number for every state of the memory and ``top_k`` over all of them, per batch."""
+    high = used_mask & (errors_flat >= threshold)
+    low = used_mask & (errors_flat < threshold)
+    n_used = jnp.sum(used_mask, dtype=jnp.int32)
+    hi_avail, lo_avail = jnp.sum(high, dtype=jnp.int32), jnp.sum(low, dtype=jnp.int32)
+    n_hi = jnp.maximum((hi_avail * batch_size) // jnp.maximum(n_used, 1),
+                       jnp.floor(min_high_share * batch_size).astype(jnp.int32))
+    n_hi = jnp.clip(jnp.minimum(n_hi, batch_size), batch_size - lo_avail, hi_avail)
+    n_lo = jnp.minimum(batch_size - n_hi, lo_avail)
+    u = jax.random.uniform(key, errors_flat.shape)
+    scores = jnp.stack([jnp.where(high, u, -1.0), jnp.where(low, u, -1.0)])
+    _, top = jax.lax.top_k(scores, min(batch_size, errors_flat.shape[0]))
+    pos = jnp.arange(batch_size) % jnp.maximum(n_hi + n_lo, 1)
+    from_high = pos < n_hi
+    return jnp.where(from_high, top[0, pos], top[1, jnp.clip(pos - n_hi, 0, batch_size - 1)])
+
+
+def bench_sampler(states: int = 200_000, batch_size: int = 128, batches: int = 200, repeats: int = 5) -> dict:
+    """Seconds per batch of the old sampler (O(memory) per batch) and of the new one
+    (``prepare_sampling`` once per cycle, then ``sample_batch`` in O(batch)), each timed as
+    ``batches`` draws inside one jitted loop so that dispatch does not count; and the
+    one-off cost of preparing the plan."""
+    rng = np.random.default_rng(2)
+    errors = jnp.asarray(rng.exponential(0.1, states), jnp.float32)
+    used = jnp.ones(states, bool)
+
+    def looped(draw):
+        @jax.jit
+        def run(key, *args):
+            def body(i, acc):
+                return acc + jnp.sum(draw(jax.random.fold_in(key, i), *args))
+            return jax.lax.fori_loop(0, batches, body, jnp.zeros((), jnp.int32))
+        return run
+
+    old = looped(lambda k, e, u: old_sample_indices(k, e, u, 0.1, 0.5, batch_size))
+    new = looped(lambda k, plan: M.sample_batch(k, plan, batch_size))
+    prepare = jax.jit(M.prepare_sampling, static_argnums=4)
+    plan = prepare(errors, used, 0.1, 0.5, batch_size)
+    key = jax.random.key(0)
+    old(key, errors, used).block_until_ready()
+    new(key, plan).block_until_ready()
+    old_s = _best_time(lambda: old(key, errors, used).block_until_ready(), repeats) / batches
+    new_s = _best_time(lambda: new(key, plan).block_until_ready(), repeats) / batches
+    prepare_s = _best_time(lambda: jax.block_until_ready(prepare(errors, used, 0.1, 0.5, batch_size)), repeats)
+    return {"states": states, "old_s": old_s, "new_s": new_s, "prepare_s": prepare_s,
+            "speedup": old_s / new_s}
 
 
 def memory_bytes_per_state(state_shape=STATE_SHAPE, num_actions: int = 4, size: int = 200_000,

@@ -5,7 +5,15 @@ import pytest
 from omegaconf import OmegaConf
 
 from dqn_jax.config import NetworkConfig
-from dqn_jax.networks import HvassQNetwork, MLPQNetwork, NatureQNetwork, count_params, make_network
+from dqn_jax.networks import (
+    _DTYPES,
+    HvassQNetwork,
+    MLPQNetwork,
+    NatureQNetwork,
+    compute_dtypes,
+    count_params,
+    make_network,
+)
 
 SMALL = dict(conv_features=[4, 8], conv_kernels=[3, 3], conv_strides=[2, 1], dense=[16])
 
@@ -71,12 +79,54 @@ def test_mlp_and_listconfig():
     assert jax.eval_shape(network.apply, params, obs).shape == (3, 2)
 
 
-def test_bfloat16_compute_keeps_float32_params_and_output():
-    network = make_network(NetworkConfig(dtype="bfloat16", **SMALL), num_actions=3)
+def lowered_update(dtype: str):
+    """The lowered loss gradient (forward and backward) of a small CNN and its parameters."""
+    from dqn_jax.learner import q_loss
+
+    network = make_network(NetworkConfig(dtype=dtype, **SMALL), num_actions=3)
     images = jnp.full((2, 12, 10, 2), 128, jnp.uint8)
     params = jax.eval_shape(network.init, jax.random.key(0), images)
+    grad = jax.jit(jax.grad(q_loss), static_argnums=1)
+    return grad.lower(params, network.apply, images, jnp.zeros((2, 3))), params
+
+
+def test_bfloat16_convolutions_and_dots_in_the_program_params_float32():
+    """bfloat16: every convolution and dot of the forward and backward pass takes bf16
+    operands (read from the lowered program, not from output dtypes); float32: none does."""
+    lowered, params = lowered_update("bfloat16")
+    types = compute_dtypes(lowered.as_text())
+    # 2 convolutions + 2 dense layers forward; backward, the gradients w.r.t. the weights
+    # of all four and w.r.t. the inputs of the last three.
+    assert len(types) == 4 + 7 and set(types) == {"bf16"}
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
-    assert jax.eval_shape(network.apply, params, images).dtype == jnp.float32
+    f32_types = compute_dtypes(lowered_update("float32")[0].as_text())
+    assert f32_types == ["f32"] * 11
+
+
+def test_compute_dtypes_reads_compiled_gpu_and_cpu_programs():
+    """The compiled forms the GPU check reads: cuBLAS and cuDNN calls, fused and plain dots."""
+    hlo = "\n".join([
+        '%cublas-gemm.1 = (bf16[128,1024]{1,0}, s8[4194304]{0}) custom-call(bf16[128,34560]{1,0} %a, '
+        'bf16[34560,1024]{1,0} %b), custom_call_target="__cublas$gemm", backend_config={}',
+        '%cudnn-conv = (bf16[128,53,40,16]{3,2,1,0}, u8[0]{0}) custom-call(bf16[128,105,80,2]{3,2,1,0} %x, '
+        'bf16[3,3,2,16]{3,2,1,0} %k), window={size=3x3}, custom_call_target="__cudnn$convForward"',
+        "ROOT %dot.1 = f32[2,3]{1,0} dot(%param_0, %param_1), lhs_contracting_dims={1}",
+        "%conv.2 = f32[2,6,5,4]{3,2,1,0} convolution(%f, %k), window={size=3x3 stride=2x2}",
+        "%add.3 = bf16[2,3]{1,0} add(%dot.1, %c)",
+    ])
+    assert compute_dtypes(hlo) == ["bf16", "bf16", "f32", "f32"]
+
+
+def test_bfloat16_output_rounds_like_bfloat16_and_stays_float32():
+    network = {d: make_network(NetworkConfig(dtype=d, **SMALL), num_actions=3) for d in _DTYPES}
+    images = jax.random.randint(jax.random.key(1), (4, 21, 16, 2), 0, 256).astype(jnp.uint8)
+    params = random_params(network["float32"], images)
+    q = {d: jax.jit(n.apply)(params, images) for d, n in network.items()}
+    assert q["bfloat16"].dtype == jnp.float32
+    # bf16 keeps 8 bits of mantissa: close to float32, but not equal to it.
+    diff = np.abs(np.asarray(q["bfloat16"]) - np.asarray(q["float32"]))
+    scale = np.abs(np.asarray(q["float32"])).max()
+    assert 0 < diff.max() < 0.05 * scale
 
 
 def test_unknown_network_name():
