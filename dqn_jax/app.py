@@ -110,21 +110,23 @@ def _need(cfg, games) -> resources.Need:
 def _resume(cfg, run_dir: Path, parts: Parts, checkpointer: Checkpointer):
     """(train_state, key, counters): the newest readable checkpoint's, else fresh ones.
 
-    Whatever was logged after that checkpoint (a crash came before the next one) is
-    dropped from the logs, so the steps played again are logged once (:mod:`dqn_jax.resume`).
+    Whatever was logged after that checkpoint (a crash came before the next one, or
+    before the first) is dropped from the logs, so the steps played again are logged
+    once (:mod:`dqn_jax.resume`).
     """
-    restored = checkpointer.restore_newest_readable(parts.train_state) if cfg.checkpoint.resume else None
-    if restored is None:
+    if not cfg.checkpoint.resume:
         return parts.train_state, parts.key, agent.Counters()
-    train_state, key, saved = restored
+    restored = checkpointer.restore_newest_readable(parts.train_state)
+    train_state, key, saved = restored or (parts.train_state, parts.key, {})
     counters = agent.Counters(**{k: int(v) for k, v in saved.items()})
     dropped = resume.cut_logs(run_dir, counters.states)
     if cfg.logger.name != "none":
         from mlflow.tracking import MlflowClient
 
         resume.restart_history(MlflowClient(tracking.tracking_uri(cfg)), run_dir, counters.states)
-    print(f"resuming from {run_dir / 'checkpoints'}: {counters.states} states, "
-          f"{counters.episodes} episodes" + (f" ({dropped} log rows after it dropped)" if dropped else ""))
+    if restored is not None:
+        print(f"resuming from {run_dir / 'checkpoints'}: {counters.states} states, {counters.episodes} "
+              f"episodes" + (f" ({dropped} log rows written after it dropped)" if dropped else ""))
     return train_state, key, counters
 
 

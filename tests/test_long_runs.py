@@ -1,0 +1,143 @@
+"""Long runs lose nothing: divergence, kill -9, a corrupt checkpoint, bad input (end to end).
+
+Real training subprocesses on tiny settings, real Orbax checkpoints, a real MLflow store.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dqn_jax.app import Parts
+from dqn_jax.checkpoints import Checkpointer
+from dqn_jax.envs import make_games
+from dqn_jax.faults import FAILURE_TAG, all_finite
+from tests.conftest import ROOT, TINY, compose_config, run_app
+
+
+def client_for(root) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlruns.db")
+
+
+def training_runs(root) -> list:
+    client = client_for(root)
+    experiment = client.get_experiment_by_name("dqn_jax/breakout")
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+
+
+def steps_of(checkpoints: Path) -> list[int]:
+    return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) if checkpoints.is_dir() else []
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_divergence_stops_the_run_failed_and_keeps_the_last_good_checkpoint(tmp_path):
+    good = run_app([*TINY, "steps=300", "name=div"], cwd=tmp_path)
+    assert good.returncode == 0, good.stderr[-3000:]
+    checkpoints = tmp_path / "runs" / "breakout" / "div" / "checkpoints"
+    before = steps_of(checkpoints)
+    diverging = ["schedule.learning_rate.start=1e30", "schedule.learning_rate.end=1e30"]
+    result = run_app([*TINY, "steps=2000", "name=div", *diverging], cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "learning rate 1e+30" in line and "loss limit 0.1" in line and "try a smaller" in line
+    assert steps_of(checkpoints) == before  # no checkpoint after the last good one
+    cfg = compose_config(TINY, tmp_path)
+    games = make_games(cfg.env, 2, 0)
+    try:
+        parts = Parts(cfg, games, 0)
+    finally:
+        games.close()
+    with Checkpointer(checkpoints) as checkpointer:
+        train_state, _, counters = checkpointer.restore(parts.train_state)
+    assert counters["states"] == before[-1] and all_finite(train_state.params)
+    assert line.startswith(f"dqn_jax: error: training diverged in learning cycle {counters['cycles'] + 1} at ")
+    (run,) = training_runs(tmp_path)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[FAILURE_TAG] == line.removeprefix("dqn_jax: error: ")
+
+
+def _launch(root: Path, args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "dqn_jax", f"paths.root={root}", *args], cwd=root,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _kill_at(process: subprocess.Popen, checkpoints: Path, moment: str) -> None:
+    """SIGKILL once a new checkpoint is written: mid-save, just after it, or while playing."""
+    known, deadline = steps_of(checkpoints), time.monotonic() + 300
+    while steps_of(checkpoints) == known:
+        assert process.poll() is None and time.monotonic() < deadline, "no new checkpoint"
+        if moment == "saving" and checkpoints.is_dir() and any("tmp" in p.name for p in checkpoints.iterdir()):
+            break
+        time.sleep(0.005)
+    if moment == "playing":
+        time.sleep(1.0)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def test_kill_9_at_any_moment_then_resume_logs_every_episode_once(tmp_path):
+    args = [*TINY, "steps=1600", "name=crash"]
+    run_dir = tmp_path / "runs" / "breakout" / "crash"
+    checkpoints = run_dir / "checkpoints"
+    for moment in ("saving", "saved", "playing"):
+        _kill_at(_launch(tmp_path, args), checkpoints, moment)
+    newest = steps_of(checkpoints)[-1]
+    for path in (checkpoints / str(newest) / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"\0garbage")  # and the newest checkpoint is damaged on disk
+    result = run_app(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert f"the checkpoint at {newest} states cannot be read" in result.stdout
+    assert (run_dir / "corrupt-checkpoints" / str(newest)).is_dir()
+
+    rewards = read_csv(run_dir / "rewards.csv")
+    episodes = [int(r["episode"]) for r in rewards]
+    assert episodes == list(range(1, len(rewards) + 1))  # no episode twice, none missing
+    states = [int(r["states"]) for r in rewards]
+    assert states == sorted(states)
+    swept = [int(r["states"]) for r in read_csv(run_dir / "q_values.csv")]
+    assert swept == sorted(set(swept))  # one row per learning cycle
+    (run,) = training_runs(tmp_path)  # the crashed histories were replaced, not added to
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["train/episodes"] == len(rewards)
+    client = client_for(tmp_path)
+    counts = [(m.step, int(m.value)) for m in client.get_metric_history(run.info.run_id, "episode/count")]
+    assert sorted(counts) == list(zip(states, episodes, strict=True))
+    scores = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "episode/score"))
+    assert [s for _, s in scores] == [float(r["reward"]) for r in rewards]
+    cycles = sorted(m.step for m in client.get_metric_history(run.info.run_id, "cycle/count"))
+    assert cycles == swept
+
+
+@pytest.mark.parametrize("bad", [["env.game=breakou"], ["memory.size=100000000"], ["mode=test"],
+                                 ["memory.batch_size=512"]])
+def test_a_rejected_command_leaves_nothing_behind(tmp_path, bad):
+    result = run_app([*TINY, *bad], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dqn_jax: error: "), result.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []  # no run directory, no MLflow store
+    if bad == ["memory.size=100000000"]:
+        largest = int(lines[0].rsplit(" ", 1)[1])
+        assert 2 <= largest < 100_000_000 and largest * 16_830 < 0.9 * _free_bytes()
+
+
+def _free_bytes() -> int:
+    import psutil
+
+    return psutil.virtual_memory().available + 2**30  # it may have moved a little since
