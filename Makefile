@@ -7,15 +7,30 @@ STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 PORT   ?= 5000
 
-.PHONY: install run test test-slow test-gpu ui bench lint clean
+# The CUDA build of JAX where an NVIDIA GPU answers (`nvidia-smi` works); GPU=1 forces it,
+# GPU=0 leaves it out. Changing the choice reinstalls on the next command.
+GPU    ?= $(shell nvidia-smi >/dev/null 2>&1 && echo 1 || echo 0)
+comma  := ,
+EXTRAS := dev,sweeps$(if $(filter 1,$(GPU)),$(comma)cuda)
 
-$(STAMP): pyproject.toml
+.PHONY: install run test test-slow test-gpu gpu-check ui bench lint clean print-extras FORCE
+
+$(STAMP): pyproject.toml $(VENV)/.extras
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,sweeps]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
+# Rewritten only when the extras change, so that a new choice reinstalls.
+$(VENV)/.extras: FORCE
+	@mkdir -p $(VENV)
+	@echo "$(EXTRAS)" | cmp -s - $@ || echo "$(EXTRAS)" > $@
+
 install: $(STAMP)
+
+## The extras `make install` installs here: make print-extras [GPU=1]
+print-extras:
+	@echo "$(EXTRAS)"
 
 ## Train on Breakout with the tutorial's defaults, logging to the embedded MLflow store.
 ## Extra Hydra overrides: make run ARGS="env=pong memory=small"
@@ -33,6 +48,11 @@ test-slow: $(STAMP)
 ## GPU tests (skip themselves where JAX sees no GPU).
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m "gpu" $(ARGS)
+
+## On a GPU machine: the benchmarks and a 10-minute Breakout run, written as dated
+## sections into docs/benchmarks.md and docs/results.md (ARGS=--tiny: a small smoke run).
+gpu-check: $(STAMP)
+	$(BIN)/python experiments/gpu_check.py $(ARGS)
 
 ## The MLflow UI on the embedded store: http://127.0.0.1:$(PORT)
 ui: $(STAMP)

@@ -13,6 +13,7 @@ numbers and the network module only (never a config object):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -253,6 +254,15 @@ class Learner:
         """Compiled variants held by each jitted function (at most 1 each once warm)."""
         return {"update": self._update_jit._cache_size(), "optimise_chunk": self._chunk_jit._cache_size(),
                 "optimise_step": self._step_jit._cache_size()}
+
+
+def describe_device() -> str:
+    """One line naming what JAX trains on, e.g. "gpu: NVIDIA H100 80GB HBM3 x1 (jax 0.6.2)"."""
+    devices = jax.devices()
+    first = devices[0]
+    if first.platform == "cpu":
+        return f"cpu: {os.cpu_count()} cores (jax {jax.__version__}; JAX sees no GPU)"
+    return f"{first.platform}: {first.device_kind} x{len(devices)} (jax {jax.__version__})"
 
 
 def make_learner(network: nn.Module, optimizer, batch_size: int, error_threshold: float,

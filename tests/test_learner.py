@@ -1,3 +1,5 @@
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -172,3 +174,11 @@ def test_stop_ends_the_optimise_loop_early_with_a_usable_state(loop):
     # Device loop: stop is seen after the second chunk, and the third, already queued, runs too.
     assert res.iterations == (12 if loop == "device" else 2) and res.max_iterations == 30
     assert int(state.updates) == res.iterations  # not donated away: still a live train state
+
+
+def test_describe_device_names_the_backend():
+    line = L.describe_device()
+    assert line.startswith(f"{jax.default_backend()}: ") and jax.__version__ in line
+    assert "\n" not in line
+    if jax.default_backend() == "cpu":
+        assert f"{os.cpu_count()} cores" in line and "no GPU" in line
