@@ -9,7 +9,9 @@ because the machine may be shared; absolute figures are for this machine only.
 
 a. acting pipeline vs raw ale-py (8 games): minimal network >= 85%; nature, hvass: info
 b. jitted backward sweep vs a per-state Python loop at 200,000 states: >= 100x
-c. learner: optimise samples/s of the hvass network at batch 128 here; the GPU bound
+c. learner: optimise samples/s of the hvass network at batch 128 here; the error-split
+   sampler's cost per batch at 200,000 states, before and after the per-cycle plan;
+   bfloat16 vs float32 updates; the GPU bound
 d. MLflow tracking overhead: training states/s with the tracker vs logger off >= 98%
 e. replay memory bytes per state within 5% of 16,800; peak RSS of a 200,000-state run
    within 1.3x the memory's size
@@ -128,8 +130,17 @@ def gpu_bound(batch: int = 128) -> dict:
 
 def bench_learner(quick: bool) -> None:
     opt = bench_core.bench_optimise(iterations=3 if quick else 10)
-    report("c", f"optimise loop ({opt['loop']}), hvass, batch 128, CPU",
+    report("c", f"optimise loop ({opt['loop']}), hvass, batch 128, {jax.default_backend()}",
            f"{opt['samples_per_s']:.0f} samples/s ({opt['steps_per_s']:.2f} steps/s)")
+    s = bench_core.bench_sampler(batches=50 if quick else 200, repeats=3 if quick else 5)
+    report("c", f"error-split sampler per batch, {s['states']:,} states",
+           f"{s['new_s'] * 1e6:.0f} us vs {s['old_s'] * 1e6:.0f} us before: {s['speedup']:.0f}x "
+           f"(+ {s['prepare_s'] * 1e3:.1f} ms once per cycle)")
+    d = bench_core.bench_dtypes(steps=2 if quick else 4, rounds=2 if quick else 3)
+    report("c", "hvass update, bfloat16 vs float32",
+           f"{d['bfloat16'] / d['float32']:.0%} of the float32 speed ({d['bfloat16']:.2f} vs "
+           f"{d['float32']:.2f} steps/s); products asked in {'/'.join(d['asked'])}, compiled "
+           f"in {'/'.join(d['compiled'])}")
     b = gpu_bound()
     report("c", "hvass forward / update FLOPs per batch 128",
            f"{b['forward_flops'] / 1e9:.1f} / {b['step_flops'] / 1e9:.1f} GFLOP (update = 3x fwd)")

@@ -215,6 +215,25 @@ def bench_sampler(states: int = 200_000, batch_size: int = 128, batches: int = 2
             "speedup": old_s / new_s}
 
 
+def bench_dtypes(batch_size: int = 128, steps: int = 3, rounds: int = 3, num_actions: int = 4) -> dict:
+    """Update steps/s of the hvass network in float32 and bfloat16, alternating ``rounds``
+    times (medians), and the element types the compiled program's products run in."""
+    from dqn_jax.networks import compute_dtypes
+
+    rates = {"float32": [], "bfloat16": []}
+    for _ in range(rounds):
+        for dtype in rates:
+            rates[dtype].append(bench_update(batch_size, steps, num_actions, dtype)["steps_per_s"])
+    network = make_network(NetworkConfig(dtype="bfloat16"), num_actions)
+    x = jax.ShapeDtypeStruct((batch_size,) + STATE_SHAPE, jnp.uint8)
+    params = jax.eval_shape(network.init, jax.random.key(0), x)
+    lowered = jax.jit(network.apply).lower(params, x)
+    out = {dtype: float(np.median(v)) for dtype, v in rates.items()}
+    out["asked"] = sorted(set(compute_dtypes(lowered.as_text())))
+    out["compiled"] = sorted(set(compute_dtypes(lowered.compile().as_text())))
+    return out
+
+
 def memory_bytes_per_state(state_shape=STATE_SHAPE, num_actions: int = 4, size: int = 200_000,
                            games: int = 8) -> dict:
     """Bytes the replay memory holds per state (shapes only; nothing is allocated)."""
