@@ -73,3 +73,9 @@ clean:
 .PHONY: compare
 compare: $(STAMP)
 	$(BIN)/python -m dqn_jax.compare $(ARGS)
+
+## Pictures and videos of a finished run, written to <run_dir>/analysis and logged to its
+## MLflow run: make analyze ARGS="runs/breakout/default"  or  ARGS="run_id=<id> episodes=3 gif=true"
+.PHONY: analyze
+analyze: $(STAMP)
+	$(BIN)/python -m dqn_jax.analyze $(ARGS)

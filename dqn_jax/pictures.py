@@ -24,9 +24,11 @@ DPI = 100
 CURVES_SIZE = (15.0, 10.0)  # inches: 1500 x 1000 pixels
 PANEL_SIZE = (3.6, 3.4)  # inches per state panel
 TITLE_HEIGHT = 0.5  # inches above a states grid
+# Per-cycle metrics only: a few hundred values even for a long run. The per-episode
+# epsilon history can hold 50,000 values, which take MLflow seconds to return, so the
+# epsilon panel draws the run's schedule from its config instead (the same function).
 CURVE_METRICS = ("cycle/loss", "cycle/loss_limit", "cycle/iterations", "cycle/learning_rate",
-                 "cycle/max_epochs", "cycle/replay_fraction", "episode/epsilon",
-                 "sweep/error_mean", "sweep/error_max")
+                 "cycle/max_epochs", "cycle/replay_fraction", "sweep/error_mean", "sweep/error_max")
 
 
 def _figure(width: float, height: float):

@@ -170,3 +170,22 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys):
         assert analyze.main(args.split()) == 2, args
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, (args, err)
+
+
+@pytest.mark.slow
+def test_an_mlp_run_gets_its_curves_and_weight_maps(tmp_path):
+    """CartPole: vector states, so no states grids or videos; the dense weights as heat maps."""
+    result = run_app(["experiment=cartpole", "steps=1500", "memory.size=400", "env.num_envs=4",
+                      "network.dense=[16]", "memory.batch_size=32", "schedule.max_epochs.start=1",
+                      "schedule.max_epochs.end=1", "test_episodes_after_training=0", "progress=false",
+                      "name=mlp"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "cartpole" / "mlp"
+    assert analyze.main([str(run_dir), "memory=64"]) == 0
+    out = run_dir / "analysis"
+    assert sorted(p.name for p in out.iterdir()) == ["dense-weights.png", "summary.json",
+                                                     "training-curves.png"]
+    assert Image.open(out / "dense-weights.png").size == (2 * 400, 460)  # 4x16 and 16x2
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    logged = {a.path for a in client.list_artifacts(tracking.read_run_id(run_dir), "analysis")}
+    assert logged == {f"analysis/{p.name}" for p in out.iterdir()}
