@@ -297,6 +297,7 @@ def test(cfg, *, games, player, params, key, episodes: int, max_states: int | No
     tracer = player.start(frames)
     restart = np.ones(num_games, dtype=bool)
     scores = np.zeros(num_games)
+    episode_of = np.arange(1, num_games + 1)  # each game's episode number, in order of start
     count = 0
     with current_stop_request() as stop_request:
         while (done < quota).any():
@@ -312,15 +313,16 @@ def test(cfg, *, games, player, params, key, episodes: int, max_states: int | No
             end_life = (step.lives < lives) & ~ended
             scores += step.rewards
             for game in np.flatnonzero(done < quota):
-                if ended[game] or end_life[game] or step.rewards[game] != 0:
-                    mean = np.mean(results + [scores[game]]) if ended[game] else window.mean
-                    if cfg.progress:
-                        print(logs.test_event_line(game, len(results) + 1, count, q_host[game],
-                                                   int(step.lives[game]), float(scores[game]), float(mean)))
                 if ended[game]:
                     results.append(float(scores[game]))
                     window.add(scores[game])
                     done[game] += 1
+                if cfg.progress and (ended[game] or end_life[game] or step.rewards[game] != 0):
+                    lives_left = 0 if ended[game] else int(step.lives[game])  # step.lives: the next episode's
+                    print(logs.test_event_line(game, int(episode_of[game]), count, q_host[game], lives_left,
+                                               float(scores[game]), window.mean))
+                if ended[game]:
+                    episode_of[game] = episode_of.max() + 1
             scores[ended] = 0.0
             frames, lives, restart = step.frames, step.lives, ended
             if max_states is not None and count >= max_states:

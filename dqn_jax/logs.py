@@ -107,9 +107,10 @@ def episode_line(episode: int, states: int, epsilon: float, reward: float, mean:
 
 
 def test_event_line(game: int, episode: int, states: int, q: np.ndarray, lives: int,
-                    reward: float, mean: float) -> str:
+                    reward: float, mean30: float) -> str:
+    """A test event (reward, life lost, episode end); ``mean30``: of the last 30 finished episodes."""
     return (f"game {game:2d} episode {episode:4d}:{states:<9d} Q-min {q.min():7.3f}  "
-            f"Q-max {q.max():7.3f}  lives {lives}  reward {reward:6.1f}  mean {mean:7.2f}")
+            f"Q-max {q.max():7.3f}  lives {lives}  reward {reward:6.1f}  mean of last 30 {mean30:7.2f}")
 
 
 def summary(scores: list[float]) -> dict[str, float]:

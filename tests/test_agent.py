@@ -59,3 +59,40 @@ def test_test_plays_every_episode_unless_given_a_state_limit(tmp_path):
         games.close()
     assert full["episodes"] == 4 and full["states"] > cfg.steps
     assert capped["states"] <= cfg.steps + games.num_envs and capped["episodes"] < 4
+
+
+def test_test_mode_lines_number_each_episode_once_and_show_the_last_30_mean(tmp_path, capsys):
+    """Real Breakout, random play: the tutorial's test lines, read back as values."""
+    import re
+
+    import jax
+
+    from dqn_jax.agent import Player, test
+    from dqn_jax.envs import make_games
+    from dqn_jax.networks import make_network
+    from tests.conftest import TINY, compose_config
+
+    cfg = compose_config([*TINY, "progress=true"], tmp_path)
+    games = make_games(cfg.env, 2, seed=0)
+    network = make_network(cfg.network, games.num_actions)
+    shape, dtype = state_spec(cfg.env, games.observation_shape, games.observation_dtype)
+    params = network.init(jax.random.PRNGKey(0), np.zeros((1, *shape), dtype))
+    player = Player(network, cfg.env, linear_signal(1.0, 1.0, 1))
+    try:
+        stats = test(cfg, games=games, player=player, params=params, key=jax.random.PRNGKey(1), episodes=4)
+    finally:
+        games.close()
+    pattern = re.compile(r"game +(\d+) episode +(\d+):\d+ .* lives (\d+)  reward +([-\d.]+)  "
+                         r"mean of last 30 +([-\d.]+)")
+    lines = [pattern.search(line).groups() for line in capsys.readouterr().out.splitlines()]
+    game_of, lives_of, finished = {}, {}, []
+    for game, episode, lives, reward, mean in lines:
+        assert game_of.setdefault(episode, game) == game  # one episode number, one game
+        assert int(lives) <= lives_of.get(episode, 5)  # lives only go down within an episode
+        lives_of[episode] = int(lives)
+        if int(lives) == 0:  # the episode's last line: game over
+            finished.append(float(reward))
+            assert float(mean) == pytest.approx(np.mean(finished[-30:]), abs=0.006)
+    assert sorted(int(e) for e in game_of) == [1, 2, 3, 4] and set(lives_of.values()) == {0}
+    assert len(finished) == stats["episodes"] == 4
+    assert np.mean(finished) == pytest.approx(stats["mean_score"])
