@@ -195,26 +195,44 @@ class _TrainHarness:
         self.runs = 0
         self.send_share: list[float] = []  # MLflow runs: the tracker's CPU time sending / run time
 
-    def seconds(self, logger: str) -> float:
-        """Wall-clock seconds of one training run (train() and the final flush)."""
+    def train(self, tracker, run_dir: Path):
+        """One training run from the initial train state: (train_state, key, TrainResult)."""
         import jax.tree_util as tu
 
-        from dqn_jax import agent, tracking
+        from dqn_jax import agent
         from dqn_jax.checkpoints import Checkpointer
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpointer = Checkpointer(run_dir / "checkpoints", self.cfg.checkpoint.keep)
+        train_state = tu.tree_map(jnp.copy, self.parts.train_state)
+        return agent.train(self.cfg, games=self.games, player=self.player, learner=self.learner,
+                           signals=self.signals, train_state=train_state, key=self.parts.key,
+                           counters=agent.Counters(), checkpointer=checkpointer, tracker=tracker,
+                           run_dir=run_dir)
+
+    def test(self, params, key, episodes: int, max_states: int | None = None) -> dict:
+        """The tutorial's test statistics over ``episodes`` episodes with the test epsilon."""
+        import optax
+
+        from dqn_jax import agent
+
+        player = agent.Player(self.parts.network, self.cfg.env,
+                              optax.constant_schedule(self.cfg.schedule.epsilon_test))
+        return agent.test(self.cfg, games=self.games, player=player, params=params, key=key,
+                          episodes=episodes, max_states=max_states)
+
+    def seconds(self, logger: str) -> float:
+        """Wall-clock seconds of one training run (train() and the final flush)."""
+        from dqn_jax import tracking
 
         self.runs += 1
         cfg = self.cfg
         cfg.logger.name = logger
         run_dir = self.root / "runs" / f"r{self.runs}"
         run_dir.mkdir(parents=True)
-        checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep)
         tracker = tracking.start_tracker(cfg, run_dir, run_name=f"bench-{self.runs}", resume=False)
-        train_state = tu.tree_map(jnp.copy, self.parts.train_state)
-        counters = agent.Counters()
         start = time.perf_counter()
-        agent.train(cfg, games=self.games, player=self.player, learner=self.learner, signals=self.signals,
-                    train_state=train_state, key=self.parts.key, counters=counters,
-                    checkpointer=checkpointer, tracker=tracker, run_dir=run_dir)
+        self.train(tracker, run_dir)
         tracker.flush()
         seconds = time.perf_counter() - start
         if logger == "mlflow":

@@ -104,8 +104,8 @@ def bench_sweep(steps: int = 25_000, games: int = 8, actions: int = 4, python_ro
 
 
 def _hvass_learner(num_actions: int, batch_size: int, chunk: int = 256, loop: str = "auto",
-                   dtype: str = "float32"):
-    network = make_network(NetworkConfig(dtype=dtype), num_actions)
+                   dtype: str = "float32", network_cfg: NetworkConfig | None = None):
+    network = make_network(network_cfg or NetworkConfig(dtype=dtype), num_actions)
     optimizer = L.make_optimizer()
     sample = jnp.zeros((1,) + STATE_SHAPE, jnp.uint8)
     state = jax.jit(L.create_train_state, static_argnums=(0, 3))(network, jax.random.key(0), sample, optimizer)
@@ -133,11 +133,14 @@ def bench_update(batch_size: int = 128, steps: int = 10, num_actions: int = 4, d
 
 
 def bench_optimise(batch_size: int = 128, iterations: int = 10, games: int = 8, rows: int = 250,
-                   num_actions: int = 4, loop: str = "auto") -> dict:
+                   num_actions: int = 4, loop: str = "auto", dtype: str = "float32",
+                   network_cfg: NetworkConfig | None = None) -> dict:
     """Samples per second of the optimise loop (sampling, gathering and updates in JAX).
 
-    ``loop`` as in :class:`dqn_jax.learner.Learner`: "auto" picks "host" on a CPU."""
-    _, state, learner = _hvass_learner(num_actions, batch_size, chunk=max(1, iterations), loop=loop)
+    ``loop`` as in :class:`dqn_jax.learner.Learner`: "auto" picks "host" on a CPU. The
+    network is the tutorial's in ``dtype`` unless ``network_cfg`` names another."""
+    _, state, learner = _hvass_learner(num_actions, batch_size, chunk=max(1, iterations), loop=loop,
+                                       dtype=dtype, network_cfg=network_cfg)
     rng = np.random.default_rng(1)
     memory = M.init_memory(rows, games, STATE_SHAPE, jnp.uint8, num_actions)
     memory = memory.replace(
