@@ -6,9 +6,11 @@ cycle without recompiling. :class:`Learner` compiles two functions once, from st
 numbers and the network module only (never a config object):
 
 * ``update``: one gradient step on a batch;
-* the optimise loop: iterations of sample -> gather -> update, run in chunks inside
-  ``lax.while_loop`` so the host only syncs once per chunk (on a CPU, one jitted
-  iteration per call instead; see :class:`Learner`).
+* the optimise loop: the memory's error split prepared once per call
+  (:func:`memory.prepare_sampling`), then iterations of sample -> gather -> update, run
+  in chunks inside ``lax.while_loop`` with the next chunk always queued, so the device
+  never waits for the host (on a CPU, one jitted iteration per call instead; see
+  :class:`Learner`).
 """
 
 from __future__ import annotations
@@ -76,8 +78,9 @@ class Learner:
 
     ``loop`` chooses where the optimise loop's iterations run:
 
-    * ``"device"``: inside ``lax.while_loop`` in chunks of up to ``chunk`` iterations,
-      one small host sync per chunk; the right choice on a GPU or TPU;
+    * ``"device"``: inside ``lax.while_loop`` in chunks of up to ``chunk`` iterations;
+      the host reads three scalars per chunk while the next chunk runs (a chunk queued
+      after the stop rule has fired runs no iteration); the right choice on a GPU or TPU;
     * ``"host"``: one jitted iteration per call from Python, syncing only once the
       loss-limit stop has become possible. XLA on CPU runs a convolution's gradient
       inside a loop body many times slower than at the top level (jax issue #12868),
