@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import re
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -82,14 +83,18 @@ def test_test_mode_reports_the_tutorials_statistics(trained):
     root, _ = trained
     result = run_app([*TINY, "mode=test", "episodes=2", "name=e2e", "progress=true"], cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
-    for word in ("min_score", "mean_score", "max_score", "std_score"):
-        assert word in result.stdout
-    assert "Q-min" in result.stdout and "Q-max" in result.stdout and "lives" in result.stdout
+    printed = dict(re.findall(r"^  (\w+) +([-\d.]+)$", result.stdout, re.M))
     client = client_for(root)
     (train_run,) = only_run(client)
     tests = only_run(client, parent_filter="test")
     assert tests and tests[-1].data.tags["mlflow.parentRunId"] == train_run.info.run_id
-    assert tests[-1].data.metrics["test/episodes"] == 2
+    metrics = tests[-1].data.metrics
+    assert metrics["test/episodes"] == 2 and float(printed["episodes"]) == 2
+    for name in ("min_score", "mean_score", "max_score", "std_score"):
+        assert float(printed[name]) == pytest.approx(metrics[f"test/{name}"], abs=1e-3), name
+    assert metrics["test/min_score"] <= metrics["test/mean_score"] <= metrics["test/max_score"]
+    finals = [float(r) for r in re.findall(r"lives 0  reward +([-\d.]+)", result.stdout)]
+    assert len(finals) == 2 and np.mean(finals) == pytest.approx(metrics["test/mean_score"])
 
 
 @pytest.mark.parametrize("recipe", group_options("experiment"))
