@@ -121,9 +121,7 @@ def network_pictures(cfg, network, params, state, out: Path, title: str) -> list
                                        f"{title}: dense weight matrices")]
     (_, first), *_ = layer_kernels(params, "Conv")
     return [
-        pictures.conv_filters(first, out / "conv1-filters.png",
-                              f"{title}: first convolution's {first.shape[-1]} filters "
-                              f"({first.shape[0]}x{first.shape[1]}), one row block per input"),
+        pictures.conv_filters(first, out / "conv1-filters.png", title),
         pictures.conv_outputs(state, conv_layers(network, params, state), out / "conv-outputs.png",
                               f"{title}: convolution outputs for the state of largest error"),
     ]
