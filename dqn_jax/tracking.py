@@ -1,9 +1,14 @@
 """MLflow runs for dqn_jax: params, batched metrics, artifacts and resume.
 
 The play loop calls :meth:`Tracker.log_metrics` at every episode; that only puts
-the values on a queue. A background thread sends them with ``log_batch`` at most
-every ``logger.flush_seconds``, so play never waits on the store. A failure to log
-is remembered and reported once; it never stops training.
+the values on a queue. Every tracker call is queued the same way, and a background
+thread (:mod:`dqn_jax.sender`) sends them in order, metrics with ``log_batch`` at most
+every ``logger.flush_seconds``, so play never waits on the store. If the store goes
+away the values are kept and sent when it is back, or kept in the run directory and
+sent later with ``python -m dqn_jax.tracking import RUN_DIR`` (:mod:`dqn_jax.spool`).
+A value the store refuses is remembered and reported once; it never stops training.
+:func:`check_store` rejects an unreachable store in one line before a run starts, and a
+run left RUNNING by a killed process is closed by :mod:`dqn_jax.stale`.
 
 Without ``logger.tracking_uri`` the store is an SQLite file under ``paths.root``
 and artifacts go to ``paths.mlflow_artifacts``: a run needs no server. A training
@@ -19,24 +24,31 @@ import json
 import logging
 import os
 import posixpath
-import queue
 import re
-import threading
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dqn_jax import spool, stale
 from dqn_jax.config import experiment_name
+from dqn_jax.sender import Sender
 
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id"
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
-PARAMS_PER_BATCH = 100  # MLflow's limit on params in one log_batch
-METRICS_PER_BATCH = 1000  # MLflow's limit on metrics in one log_batch
+PARAMS_PER_BATCH = spool.PARAMS_PER_BATCH
+METRICS_PER_BATCH = spool.METRICS_PER_BATCH
+# Short HTTP timeouts and few retries: one MLflow call (about 3 s against a server that
+# refuses connections) never blocks for minutes; the sender retries itself. The
+# environment wins: set these variables to change the budget.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3: training runs, not GenAI
 _METRIC_NAME = re.compile(r"^[\w\-. :/]+$")
 
 
@@ -76,149 +88,82 @@ class NullTracker(Tracker):
 
 
 class MlflowTracker(Tracker):
-    """One MLflow run; metrics are sent from a background thread in batches."""
+    """One MLflow run. Every call only queues an operation; a background
+    :class:`~dqn_jax.sender.Sender` sends them in order and survives store outages."""
 
-    def __init__(self, tracking_uri: str, run_id: str, *, flush_seconds: float = 2.0):
+    def __init__(self, tracking_uri: str, run_id: str, *, flush_seconds: float = 2.0,
+                 run_dir: str | Path | None = None):
         from mlflow.tracking import MlflowClient
 
+        configure_http()
         self.tracking_uri = tracking_uri
         self.run_id = run_id
-        self.flush_seconds = float(flush_seconds)
         self.client = MlflowClient(tracking_uri)
-        self.error: BaseException | None = None  # the first failure, if any
-        self.failures = 0  # calls that failed
-        self.dropped_metrics = 0  # metric values that never reached the store
-        self.send_cpu_seconds = 0.0  # CPU time spent sending metrics: the tracker's cost to a run
-        self._pending: queue.SimpleQueue = queue.SimpleQueue()
         self._good_names: set[str] = set()
-        self._client_lock = threading.Lock()  # one client call at a time keeps metrics in order
-        self._stop = threading.Event()
         self._finished = False
-        self._thread = threading.Thread(target=self._send_loop, name="mlflow-metrics", daemon=True)
-        self._thread.start()
+        self._lock = stale.hold(run_dir) if run_dir is not None else None
+        self.sender = Sender(self.client, run_id, tracking_uri, run_dir=run_dir,
+                             flush_seconds=flush_seconds)
 
-    # -- failures: remembered, warned about once, never raised into the play loop
+    # what the sender counted: failures are remembered, warned about once, never raised
+    error = property(lambda self: self.sender.error)
+    failures = property(lambda self: self.sender.failures)
+    dropped_metrics = property(lambda self: self.sender.dropped_metrics)
+    send_cpu_seconds = property(lambda self: self.sender.send_cpu_seconds)
 
-    def _failed(self, what: str, exc: BaseException, metrics: int = 0) -> None:
-        self.failures += 1
-        self.dropped_metrics += metrics
-        if self.error is None:
-            self.error = exc
-            log.warning("MLflow: %s failed (%s: %s); training goes on, later failures are "
-                        "counted and reported when the run finishes", what, type(exc).__name__, exc)
-
-    def _call(self, what: str, fn, *args, **kwargs) -> None:
-        try:
-            with self._client_lock:
-                fn(*args, **kwargs)
-        except Exception as exc:
-            self._failed(what, exc)
-
-    # -- metrics
+    def _put(self, op: list) -> None:
+        if self._finished:
+            self.sender.failed(f"{op[0]} after finish", RuntimeError("the run is finished"),
+                               int(op[0] == "metric"))
+            return
+        self.sender.put(op)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Queue the values; JAX or numpy scalars are converted later, off the play loop."""
-        if self._finished:
-            self._failed("log_metrics after finish", RuntimeError("the run is finished"),
-                         len(metrics))
-            return
         timestamp = int(time.time() * 1000)
         for key, value in metrics.items():
             if key not in self._good_names:
                 if not _valid_metric_name(key):  # one bad name would sink a whole batch
-                    self._failed("log_metrics", ValueError(f"invalid metric name {key!r}"), 1)
+                    self.sender.failed("log_metrics", ValueError(f"invalid metric name {key!r}"), 1)
                     continue
                 self._good_names.add(key)
-            self._pending.put((key, value, timestamp, int(step)))
-
-    def _send_loop(self) -> None:
-        while not self._stop.wait(self.flush_seconds):
-            self._send_pending()
-
-    def _send_pending(self) -> None:
-        from mlflow.entities import Metric
-
-        started = time.thread_time()
-        with self._client_lock:
-            items = []
-            while True:
-                try:
-                    items.append(self._pending.get_nowait())
-                except queue.Empty:
-                    break
-            batch = []
-            for key, value, timestamp, step in items:
-                try:  # float() here, not in log_metrics: a JAX scalar may still be computing
-                    batch.append(Metric(key, float(value), timestamp, step))
-                except Exception as exc:
-                    self._failed(f"converting metric {key!r}", exc, 1)
-            for start in range(0, len(batch), METRICS_PER_BATCH):
-                chunk = batch[start:start + METRICS_PER_BATCH]
-                try:
-                    self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
-                except Exception as exc:
-                    self._failed("logging metrics", exc, len(chunk))
-            self.send_cpu_seconds += time.thread_time() - started
+            self._put(["metric", key, value, timestamp, int(step)])
 
     def flush(self) -> None:
-        """Send every queued metric now, in the caller's thread."""
-        self._send_pending()
-
-    # -- params, tags, files
+        """Send what is queued now (while the store is away: keep it in the run directory)."""
+        self.sender.flush()
 
     def log_params(self, params: dict[str, Any]) -> None:
-        """Log params (values as strings, cut to MLflow's limit), 100 per call.
-
-        MLflow params cannot change; a key already logged with another value is
-        skipped with a warning, and one logged with the same value is skipped quietly.
-        """
-        from mlflow.entities import Param
-
-        values = {str(k): _param_value(v) for k, v in params.items()}
-        try:
-            with self._client_lock:
-                logged = self.client.get_run(self.run_id).data.params
-        except Exception as exc:
-            self._failed("reading the run's params", exc)
-            return
-        changed = sorted(k for k, v in values.items() if k in logged and logged[k] != v)
-        if changed:
-            log.warning("MLflow: params cannot change within a run; kept the logged values of %s",
-                        ", ".join(changed))
-        new = [Param(k, v) for k, v in values.items() if k not in logged]
-        for start in range(0, len(new), PARAMS_PER_BATCH):
-            self._call("logging params", self.client.log_batch, self.run_id,
-                       params=new[start:start + PARAMS_PER_BATCH], synchronous=True)
+        """Log params (values as strings, cut to MLflow's limit). MLflow params cannot
+        change; a key already logged with another value keeps it, with a warning."""
+        self._put(["params", {str(k): _param_value(v) for k, v in params.items()}])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        self._call("setting tags", self.client.log_batch, self.run_id,
-                   tags=[RunTag(str(k), str(v)) for k, v in tags.items()], synchronous=True)
+        self._put(["tags", {str(k): str(v) for k, v in tags.items()}])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._call(f"logging {path}", self.client.log_artifact, self.run_id, str(path),
-                   artifact_path)
+        self._put(["artifact", str(Path(path).resolve()), artifact_path])
 
     def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
-        self._call(f"logging {directory}", self.client.log_artifacts, self.run_id,
-                   str(directory), artifact_path)
+        self._put(["artifacts", str(Path(directory).resolve()), artifact_path])
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._call(f"logging {artifact_file}", self.client.log_text, self.run_id, text,
-                   artifact_file)
+        self._put(["text", text, artifact_file])
 
     def finish(self, status: str = "FINISHED") -> None:
-        """Send what is queued, then close the run with ``status``. Later calls do nothing."""
+        """Send what is queued, then close the run with ``status``. Later calls do nothing.
+
+        If the store is away, at most one more try (bounded by the HTTP timeouts), then
+        what is left, the status included, is kept in the run directory for the import.
+        """
         if status not in STATUSES:
             raise ValueError(f"status={status!r}; choose one of {', '.join(STATUSES)}")
         if self._finished:
             return
-        self._stop.set()
-        self._thread.join()
-        self.flush()
-        self._call("closing the run", self.client.set_terminated, self.run_id, status)
+        self._put(["status", status, int(time.time() * 1000)])
         self._finished = True
+        self.sender.close()
+        stale.release(self._lock)
         if self.failures:
             log.warning("MLflow: %d logging calls failed (%d metric values lost) in run %s; "
                         "the first: %s", self.failures, self.dropped_metrics, self.run_id,
@@ -257,14 +202,35 @@ def _experiment_id(client, cfg, uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name, artifact_location=_artifact_location(cfg, uri))
+            return client.create_experiment(name, artifact_location=_artifact_location(cfg, uri),
+                                            tags=EXPERIMENT_KIND)
         except MlflowException:
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 raise
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
+    for key, value in EXPERIMENT_KIND.items():  # an experiment made by an earlier version
+        if key not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
+
+
+def configure_http() -> None:
+    """Short MLflow HTTP timeouts and retries (unless the environment sets them), and no
+    urllib3 warning per retry: an outage would print one every few seconds."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+
+def check_store(cfg) -> None:
+    """Raise ConfigError (one line) unless the tracking store can be used, within about 10 s
+    (:mod:`dqn_jax.store_check`). Does nothing for ``logger=none``; writes nothing."""
+    if cfg.logger.name != "none":
+        from dqn_jax.store_check import check
+
+        check(tracking_uri(cfg), cfg.logger.tracking_uri)
 
 
 def read_run_id(run_dir: str | Path) -> str | None:
@@ -305,6 +271,7 @@ def start_tracker(cfg, run_dir: str | Path, *, run_name: str, tags: dict | None 
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    configure_http()
     client = MlflowClient(uri)
     experiment_id = _experiment_id(client, cfg, uri)
     run_dir = Path(run_dir).resolve()
@@ -322,7 +289,11 @@ def start_tracker(cfg, run_dir: str | Path, *, run_name: str, tags: dict | None 
             all_tags["mlflow.parentRunId"] = parent_run_id
         run_id = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
         _write_run_id(run_dir, run_id)
-    return MlflowTracker(uri, run_id, flush_seconds=cfg.logger.flush_seconds)
+    unsent = spool.unsent_files(run_dir)
+    if unsent:
+        log.warning("MLflow: %s holds values an earlier outage kept (%s); send them with: %s",
+                    run_dir, ", ".join(p.name for p in unsent), spool.IMPORT_COMMAND.format(run_dir=run_dir))
+    return MlflowTracker(uri, run_id, flush_seconds=cfg.logger.flush_seconds, run_dir=run_dir)
 
 
 def _user() -> str:
@@ -363,3 +334,7 @@ def flatten_config(cfg) -> dict[str, str]:
 
     walk("", data)
     return flat
+
+
+if __name__ == "__main__":  # python -m dqn_jax.tracking import RUN_DIR
+    sys.exit(spool.main())
