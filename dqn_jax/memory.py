@@ -134,15 +134,6 @@ def reset(memory: ReplayMemory) -> ReplayMemory:
     return memory.replace(count=jnp.zeros((), jnp.int32))
 
 
-def used_fraction(rows: int, steps: int) -> float:
-    """Host-side: the fraction of the memory in use, from a row count kept on the host."""
-    return rows / steps
-
-
-def is_full(rows: int, steps: int) -> bool:
-    return rows >= steps
-
-
 def used_rows_mask(memory: ReplayMemory) -> jax.Array:
     """bool (T, N): true for states in rows 0..count-1."""
     rows = jnp.arange(memory.steps) < memory.count
@@ -312,15 +303,10 @@ def sweep_cache_sizes() -> dict[str, int]:
 
 
 class SamplingPlan(NamedTuple):
-    """The error split of one learning cycle, prepared once so that a batch costs O(batch).
+    """One learning cycle's error split, prepared once so that a batch costs O(batch)."""
 
-    ``order`` lists the flat indices (into T*N) of the used high-error states, then the
-    used low-error ones, then the rest; ``quota`` holds (n_hi, n_lo), the states a batch
-    takes from each group, and ``available`` the groups' sizes.
-    """
-
-    order: jax.Array  # int32 (T*N,)
-    available: jax.Array  # int32 (2,): high-error, low-error used states
+    order: jax.Array  # int32 (T*N,): flat indices of the used high-error, used low-error, other states
+    available: jax.Array  # int32 (2,): used high-error and low-error states
     quota: jax.Array  # int32 (2,): n_hi, n_lo per batch
 
 
@@ -332,13 +318,9 @@ def prepare_sampling(errors_flat, used_mask, threshold, min_high_share, batch_si
     states and n_lo = batch_size - n_hi low-error ones. A group holding fewer states
     than its quota gives all of them and the other group fills the rest of the batch.
     """
-    batch_size = int(batch_size)
-    errors_flat = errors_flat.reshape(-1)
-    used_mask = used_mask.reshape(-1)
-    high = used_mask & (errors_flat >= threshold)
-    low = used_mask & (errors_flat < threshold)
-    hi_avail = jnp.sum(high, dtype=jnp.int32)
-    lo_avail = jnp.sum(low, dtype=jnp.int32)
+    batch_size, errors_flat, used_mask = int(batch_size), errors_flat.reshape(-1), used_mask.reshape(-1)
+    high, low = used_mask & (errors_flat >= threshold), used_mask & (errors_flat < threshold)
+    hi_avail, lo_avail = jnp.sum(high, dtype=jnp.int32), jnp.sum(low, dtype=jnp.int32)
     n_used = hi_avail + lo_avail
 
     # int(max(share, m) * B) == max(floor(share * B), floor(m * B)); the first in exact integers.
@@ -371,9 +353,6 @@ def _distinct(key, n, size: int):
     wanted = jnp.minimum(n, size)
     earlier = jnp.tril(jnp.ones((block, block), bool), -1)
 
-    def more(carry):
-        return carry[2] < wanted
-
     def draw(carry):
         key, chosen, filled = carry
         key, pick = jax.random.split(key)
@@ -387,7 +366,7 @@ def _distinct(key, n, size: int):
         return key, chosen, jnp.minimum(filled + jnp.sum(new, dtype=jnp.int32), wanted)
 
     carry = (key, jnp.zeros((size,), jnp.int32), jnp.zeros((), jnp.int32))
-    return jax.lax.while_loop(more, draw, carry)[1]
+    return jax.lax.while_loop(lambda carry: carry[2] < wanted, draw, carry)[1]
 
 
 def sample_batch(key, plan: SamplingPlan, batch_size: int) -> jax.Array:
@@ -410,11 +389,6 @@ def sample_batch(key, plan: SamplingPlan, batch_size: int) -> jax.Array:
     in_group = jnp.where(from_high, picks[0, pos], picks[1, jnp.clip(pos - n_hi, 0, batch_size - 1)])
     offset = jnp.where(from_high, 0, plan.available[0])
     return plan.order[in_group + offset]
-
-
-def high_error_share(plan: SamplingPlan) -> jax.Array:
-    """Fraction of the used states in the high-error group."""
-    return plan.available[0] / jnp.maximum(jnp.sum(plan.available), 1)
 
 
 def gather_batch(memory: ReplayMemory, idx) -> tuple[jax.Array, jax.Array]:
