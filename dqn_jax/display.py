@@ -171,6 +171,7 @@ class WindowSink:
     def __init__(self):
         import matplotlib.pyplot as plt
 
+        self.action_names = None  # like VideoSink's, unused: the window shows the frames only
         self._plt = plt
         plt.ion()
         self._figure, axes = plt.subplots()

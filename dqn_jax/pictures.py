@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +183,30 @@ def training_curves(run_dir: str | Path, out: str | Path | None = None, historie
     title = f"{run_dir.parent.name}/{run_dir.name}: training"
     return draw_training_curves(read_columns(run_dir / "rewards.csv"), read_columns(run_dir / "q_values.csv"),
                                 histories or {}, path, title, cfg)
+
+
+_last_drawn: dict[str, float] = {}  # run directory -> time.monotonic() of its last drawing
+
+
+def log_training_curves(tracker, run_dir: str | Path, every_seconds: float = 0.0) -> Path | None:
+    """Draw the training curves and log them to ``tracker`` under ``analysis/``.
+
+    For the training loop: never raises (a picture must not stop a run); a failure is
+    one printed line and None. With ``every_seconds`` it draws only when that long has
+    passed since the first call or the last drawing for this run (None otherwise), so a
+    run of short cycles does not spend its time on pictures.
+    """
+    key, now = str(Path(run_dir).resolve()), time.monotonic()
+    if every_seconds and now - _last_drawn.setdefault(key, now) < every_seconds:
+        return None
+    _last_drawn[key] = now
+    try:
+        path = training_curves(run_dir)
+    except Exception as err:
+        print(f"dqn_jax: training curves not drawn ({type(err).__name__}: {err})")
+        return None
+    tracker.log_artifact(path, "analysis")
+    return path
 
 
 # ---------------------------------------------------------------------------- states

@@ -189,3 +189,20 @@ def test_an_mlp_run_gets_its_curves_and_weight_maps(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
     logged = {a.path for a in client.list_artifacts(tracking.read_run_id(run_dir), "analysis")}
     assert logged == {f"analysis/{p.name}" for p in out.iterdir()}
+
+
+def test_the_training_loop_hook_draws_at_most_every_interval_and_logs_to_the_run(analysed):
+    root, run_dir, _ = analysed
+    run_id = tracking.read_run_id(run_dir)
+    tracker = tracking.MlflowTracker(f"sqlite:///{root}/mlruns.db", run_id)
+    try:
+        (run_dir / "analysis" / "training-curves.png").unlink()
+        assert pictures.log_training_curves(tracker, run_dir, every_seconds=3600) is None  # too soon
+        assert not (run_dir / "analysis" / "training-curves.png").exists()
+        path = pictures.log_training_curves(tracker, run_dir)
+    finally:
+        tracker.finish("FINISHED")
+    assert path == run_dir / "analysis" / "training-curves.png" and path.is_file()
+    assert tracker.failures == 0
+    client = MlflowClient(f"sqlite:///{root}/mlruns.db")
+    assert "analysis/training-curves.png" in {a.path for a in client.list_artifacts(run_id, "analysis")}
