@@ -103,12 +103,23 @@ def _states_pictures(snapshot, names, options, out: Path, title: str) -> tuple[l
     return files, record
 
 
+def _clear_previous(out: Path) -> None:
+    """Remove the files an earlier analysis listed, so none of them passes for this one's."""
+    try:
+        names = json.loads((out / "summary.json").read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    for name in names:
+        (out / Path(name).name).unlink(missing_ok=True)
+
+
 def analyze(run: SavedRun, options: dict) -> tuple[list[Path], dict]:
     """Write every picture and video of ``run``; returns the files and a summary."""
     from dqn_jax import probe
     from dqn_jax.envs import make_games
 
     cfg, out = run.cfg, run.run_dir / OUT_DIR
+    _clear_previous(out)
     title = f"{run.run_dir.parent.name}/{run.run_dir.name}"
     files = [pictures.training_curves(run.run_dir, out / "training-curves.png")]
     summary: dict = {"run_dir": str(run.run_dir), "mlflow_run_id": run.run_id}

@@ -240,12 +240,21 @@ def grid_shape(panels: int, columns: int) -> tuple[int, int]:
 
 
 def _panel_text(panel: StatePanel, names: list[str]) -> str:
-    lines = []
+    """Q per action (▶ the action taken, its target after the arrow), six actions a column."""
+    wide = len(names) <= 6
+    entries = []
     for i, value in enumerate(panel.q):
-        mark = f"{value:7.3f} → {panel.target:.3f}" if i == panel.action else f"{value:7.3f}"
-        lines.append(f"{'▶' if i == panel.action else ' '} {names[i]:<10} {mark}")
-    shown = lines if len(lines) <= 6 else [*lines[:5], f"  ... {len(lines) - 5} more actions"]
-    return "\n".join(shown)
+        if wide:
+            text = f"{names[i]:<10} {value:7.3f}"
+            target = f" → {panel.target:.3f}"
+        else:  # the full action space: short names, two decimals, three columns
+            text = f"{names[i][:9]:<9}{value:6.2f}"
+            target = f"→{panel.target:.2f}"
+        entries.append(f"{'▶' if i == panel.action else ' '}{text}{target if i == panel.action else ''}")
+    width = max(len(e) for e in entries) + 1
+    columns = [entries[k:k + 6] for k in range(0, len(entries), 6)]
+    return "\n".join("".join(f"{col[r]:<{width}}" for col in columns if r < len(col)).rstrip()
+                     for r in range(len(columns[0])))
 
 
 def states_grid(panels: list[StatePanel], action_names: list[str], path: Path, title: str,
@@ -268,9 +277,9 @@ def states_grid(panels: list[StatePanel], action_names: list[str], path: Path, t
         ends = " · life lost" if panel.end_life else (" · episode end" if panel.end_episode else "")
         ax.set_title(f"{action_names[panel.action]} · reward {panel.reward:g} · error "
                      f"{panel.error:.3f}{ends}", fontsize=8)
-        ax.set_xlabel(_panel_text(panel, action_names), fontsize=7, family="monospace",
-                      loc="left")
-    fig.suptitle(title, y=1 - 0.15 / height * 1.0, fontsize=11)
+        ax.set_xlabel(_panel_text(panel, action_names), fontsize=7 if len(action_names) <= 6 else 5,
+                      family="monospace", loc="left")
+    fig.suptitle(title, y=1 - 0.15 / height, fontsize=11)
     return _save(fig, path)
 
 
