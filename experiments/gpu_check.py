@@ -110,14 +110,16 @@ class RecordingTracker(NullTracker):
         return [m[name] for _, m in self.metrics if name in m]
 
 
-def timed_run(minutes: float, tiny: bool, root: Path) -> dict:
-    """Breakout for ``minutes`` (a SIGINT at the end, as Ctrl-C), then the test episodes."""
+def timed_run(minutes: float, tiny: bool, root: Path, test_states: int) -> dict:
+    """Breakout for ``minutes`` (a SIGINT at the end, as Ctrl-C), then the test episodes
+    (at most ``test_states`` states: a weak agent can keep a Breakout episode going)."""
     overrides = ["logger=none", "name=gpu-check"]
     if tiny:
         overrides += [*bench.TINY_NET, "memory.size=256", "memory.batch_size=16", "env.num_envs=2"]
     harness = bench._TrainHarness(root, overrides)
     tracker = RecordingTracker()
     timer = threading.Timer(minutes * 60, os.kill, (os.getpid(), signal.SIGINT))
+    print(f"training Breakout for {minutes:g} minutes", flush=True)
     with StopRequest(hint=False):
         start = time.perf_counter()
         timer.start()
@@ -127,7 +129,8 @@ def timed_run(minutes: float, tiny: bool, root: Path) -> dict:
             timer.cancel()
         seconds = time.perf_counter() - start
     episodes = 2 if tiny else 30
-    test = harness.test(train_state.params, key, episodes, max_states=4000 if tiny else None)
+    print(f"trained {result.counters.states:,} states in {seconds:.0f} s; testing {episodes} episodes", flush=True)
+    test = harness.test(train_state.params, key, episodes, max_states=test_states)
     harness.close()
     stages = {name: sum(tracker.series(f"cycle/{name}_seconds")) for name in ("play", "sweep", "optimise")}
     return {"seconds": seconds, "states": result.counters.states, "episodes": result.counters.episodes,
@@ -179,6 +182,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the Breakout run")
     parser.add_argument("--only", default="bench,train", help="bench, train or both")
+    parser.add_argument("--test-states", type=int, default=400_000,
+                        help="stop the 30 test episodes after this many states (all games)")
     parser.add_argument("--tiny", action="store_true", help="small sizes: a smoke run for a CPU")
     parser.add_argument("--docs-dir", type=Path, default=ROOT / "docs")
     parser.add_argument("--out", type=Path, default=None, help="also copy the two docs files here")
@@ -188,8 +193,10 @@ def main(argv=None) -> int:
         parser.error(f"--only {args.only!r}: choose bench, train or bench,train")
     where = machine()
     date = datetime.date.today().isoformat()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = "unknown"  # a device machine's copy of the tree may have no git
+    if shutil.which("git"):
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip() or commit
     print(f"gpu-check on {where}", flush=True)
     command = " ".join(sys.argv[1:] if argv is None else argv)
     head = [f"- machine: {where}", f"- commit: `{commit}`; command: `make gpu-check ARGS=\"{command}\"`", ""]
@@ -198,7 +205,7 @@ def main(argv=None) -> int:
         run_benchmarks(args.tiny)
     if "train" in parts:
         with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-            run = timed_run(args.minutes, args.tiny, Path(tmp))
+            run = timed_run(args.minutes, args.tiny, Path(tmp), 4000 if args.tiny else args.test_states)
         results_lines = report_run(run)
     kind = "tiny smoke run" if args.tiny else "GPU check"
     append_section(args.docs_dir / "benchmarks.md", f"{kind}, {date}, {platform.node()}",
