@@ -16,7 +16,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from dqn_jax import logs
 from dqn_jax import memory as replay
@@ -121,6 +120,58 @@ def rows_before_learning(replay_fraction, count_states: int, steps: int, games: 
     return int(rows[over[0]]) if over.size else steps
 
 
+# ----------------------------------------------------------------------------- the games
+
+
+@dataclass
+class Acting:
+    """What playing N games carries from one step to the next."""
+
+    frames: np.ndarray  # (N, ...) the frames the next actions are chosen on
+    lives: np.ndarray  # (N,) lives left in each game's episode
+    restart: np.ndarray  # (N,) bool: the frame starts a new episode (the tracer restarts)
+    scores: np.ndarray  # (N,) each game's score in the episode so far
+    tracer: object  # the motion tracer's state (None without one)
+
+    @classmethod
+    def start(cls, games, player: Player, seed: int) -> Acting:
+        frames, lives = games.reset(seed=seed)
+        return cls(frames, lives, np.ones(games.num_envs, bool), np.zeros(games.num_envs),
+                   player.start(frames))
+
+
+@dataclass
+class Outcome:
+    """What one step brought each of the N games."""
+
+    rewards: np.ndarray  # raw (unclipped) rewards
+    end_life: np.ndarray  # a life was lost and the episode goes on: a terminal for the sweep
+    ended: np.ndarray  # the episode ended (the next frame starts another)
+    lives: np.ndarray  # lives left in the episode the step belongs to (0 once it ended)
+    scores: np.ndarray  # each game's episode score after this step
+
+    def memory_row(self) -> tuple:
+        """What the replay memory records of the step: (rewards, end of life, end of episode)."""
+        return self.rewards, self.end_life, self.ended
+
+
+def step_games(games, acting: Acting, actions, tracer) -> tuple[Acting, Outcome]:
+    """Step the N games with ``actions``; ``tracer`` is the tracer after choosing them.
+
+    The games reset an ended episode in the same step, so the returned frame of such a
+    game is the first of its next episode (``restart``).
+    """
+    step = games.step(np.asarray(actions))
+    ended = step.ended
+    scores = acting.scores + step.rewards
+    outcome = Outcome(step.rewards, (step.lives < acting.lives) & ~ended, ended,
+                      np.where(ended, 0, step.lives), scores)
+    return Acting(step.frames, step.lives, ended, np.where(ended, 0.0, scores), tracer), outcome
+
+
+# ------------------------------------------------------------------------------ training
+
+
 @dataclass
 class TrainResult:
     counters: Counters
@@ -131,152 +182,141 @@ class TrainResult:
 
 def train(cfg, *, games, player, learner, signals, train_state, key, counters: Counters,
           checkpointer, tracker, run_dir: Path, reward_history=()) -> tuple:
-    """The training loop; returns (train_state, key, TrainResult)."""
-    num_games = games.num_envs
-    steps = memory_steps(cfg.memory, num_games)
-    shape, dtype = state_spec(cfg.env, games.observation_shape, games.observation_dtype)
-    memory = replay.init_memory(steps, num_games, shape, dtype, games.num_actions)
-    reward_log = logs.CsvLog(run_dir / "rewards.csv", logs.REWARD_FIELDS)
-    q_log = logs.CsvLog(run_dir / "q_values.csv", logs.Q_FIELDS)
-    window = logs.RewardWindow(30, reward_history)
-    say = tqdm.write if cfg.progress else (lambda _line: None)
+    """The tutorial's flow chart; returns (train_state, key, TrainResult).
 
-    frames, lives = games.reset(seed=cfg.seed + counters.episodes)
-    tracer = player.start(frames)
-    restart = np.ones(num_games, dtype=bool)
-    scores = np.zeros(num_games)
-    rows, last_loss, stopped_by = 0, None, "budget"
-    saved_at = counters.states
-
-    def budget_left() -> bool:
-        return not ((cfg.steps is not None and counters.states >= cfg.steps)
-                    or (cfg.episodes is not None and counters.episodes >= cfg.episodes))
-
-    # Ctrl-C stops the run at a safe point: at the next step while playing; while learning
-    # the optimise loop ends at its next batch and the cycle's checkpoint is written first.
+    Play until the memory is ready, then one learning cycle (sweep, optimise,
+    checkpoint, empty the memory), until the budget (``steps=``, ``episodes=``) is
+    spent. Ctrl-C stops at a safe point: the next step while playing, the next batch
+    while optimising, and the run's state is saved first.
+    """
+    cycle = _Cycle(cfg, games, player, learner, signals, checkpointer,
+                   logs.TrainingLog(run_dir, tracker, reward_history, console=cfg.progress))
+    memory = cycle.empty_memory()
+    acting = Acting.start(games, player, cfg.seed + counters.episodes)
+    stopped_by, last_loss, saved_at = "budget", None, counters.states
     with current_stop_request() as stop_request:
         try:
-            while budget_left():
-                target_rows = rows_before_learning(signals.replay_fraction, counters.states, steps, num_games)
-                bar = tqdm(total=target_rows * num_games, desc=f"cycle {counters.cycles + 1}: playing",
-                           unit="state", leave=False, disable=not cfg.progress)
-                play_start, play_states = time.perf_counter(), counters.states
-                outcome = None  # the last step's (rewards, end_life, ended), not yet in the memory
-                while rows < target_rows and budget_left():
-                    stop_request.check()  # a Ctrl-C that Python dropped or that came while saving
-                    memory, key, tracer, actions, epsilon = player.play(
-                        train_state.params, memory, tracer, frames, restart, key, counters.states, outcome)
-                    step = games.step(np.asarray(actions))
-                    ended = step.terminated | step.truncated
-                    end_life = (step.lives < lives) & ~ended
-                    outcome = (step.rewards, end_life, ended)
-                    rows += 1
-                    counters.states += num_games
-                    scores += step.rewards
-                    for game in np.flatnonzero(ended):
-                        counters.episodes += 1
-                        mean30 = window.add(scores[game])
-                        eps = float(epsilon)
-                        reward_log.write(counters.episodes, counters.states, float(scores[game]), mean30)
-                        tracker.log_metrics({"episode/score": float(scores[game]), "episode/mean30": mean30,
-                                             "episode/epsilon": eps, "episode/count": counters.episodes},
-                                            step=counters.states)
-                        say(logs.episode_line(counters.episodes, counters.states, eps, float(scores[game]),
-                                              mean30))
-                        scores[game] = 0.0
-                    frames, lives, restart = step.frames, step.lives, ended
-                    bar.update(num_games)
-                bar.close()
-                if rows < target_rows:
+            while cycle.budget_left(counters):
+                memory, acting, key, played = cycle.play(memory, acting, train_state.params, key, counters,
+                                                         stop_request)
+                if played is None:
                     break  # the budget ran out before the memory was ready
-                # The sweep and optimise donate the memory and the train state: not to be cut.
-                with stop_request.deferred():
-                    memory = replay.record_outcome_jit(memory, *outcome, cfg.memory.reward_clip)
-                    play_seconds = time.perf_counter() - play_start
-                    memory, train_state, key, last_loss = _learn(
-                        cfg, learner, signals, memory, train_state, key, counters, tracker, q_log,
-                        played=(counters.states - play_states, play_seconds),
-                        stop=lambda: stop_request.requested)
-                    rows = 0
-                    _save(checkpointer, tracker, counters, train_state, key)
+                with stop_request.deferred():  # the sweep and optimise donate memory and train state
+                    memory, train_state, key, last_loss = cycle.learn(
+                        memory, train_state, key, counters, played, stop=lambda: stop_request.requested)
+                    cycle.save(counters, train_state, key)
                     saved_at = counters.states
         except KeyboardInterrupt:
             stopped_by = "interrupt"
-            say("interrupted: saving a checkpoint and closing the run")
+            cycle.log.say("interrupted: saving a checkpoint and closing the run")
         finally:
-            reward_log.close()
-            q_log.close()
+            cycle.log.close()
         stopped_by = "interrupt" if stop_request.requested else stopped_by
         with stop_request.deferred():
             if counters.states > saved_at:
-                _save(checkpointer, tracker, counters, train_state, key)
+                cycle.save(counters, train_state, key)
             checkpointer.wait()
-    return train_state, key, TrainResult(counters, stopped_by, window.mean, last_loss)
+    return train_state, key, TrainResult(counters, stopped_by, cycle.log.window.mean, last_loss)
 
 
-def _save(checkpointer, tracker, counters: Counters, train_state, key) -> None:
-    """Checkpoint at ``counters.states``, the metrics logged so far sent first: a crash
-    after the checkpoint then loses none of what it covers (see :mod:`dqn_jax.resume`)."""
-    tracker.flush()
-    checkpointer.save(counters.states, train_state, key, asdict(counters))
+class _Cycle:
+    """The steps of the training loop, over the parts built once by the application."""
+
+    def __init__(self, cfg, games, player, learner, signals, checkpointer, log: logs.TrainingLog):
+        self.games, self.player, self.learner, self.signals = games, player, learner, signals
+        self.checkpointer, self.log = checkpointer, log
+        self.steps = memory_steps(cfg.memory, games.num_envs)
+        self.state = state_spec(cfg.env, games.observation_shape, games.observation_dtype)
+        self.memory_cfg, self.min_epochs = cfg.memory, cfg.schedule.min_epochs
+        self.max_states, self.max_episodes = cfg.steps, cfg.episodes
+
+    def empty_memory(self) -> replay.ReplayMemory:
+        return replay.init_memory(self.steps, self.games.num_envs, *self.state, self.games.num_actions)
+
+    def budget_left(self, counters: Counters) -> bool:
+        return not ((self.max_states is not None and counters.states >= self.max_states)
+                    or (self.max_episodes is not None and counters.episodes >= self.max_episodes))
+
+    def play(self, memory, acting: Acting, params, key, counters: Counters, stop_request):
+        """Play and record until the memory is ready to learn from.
+
+        Returns (memory, acting, key, played): ``played`` is (states, seconds), or None
+        when the budget ran out first.
+        """
+        num_games = self.games.num_envs
+        rows = rows_before_learning(self.signals.replay_fraction, counters.states, self.steps, num_games)
+        bar = self.log.playing(counters.cycles + 1, rows * num_games)
+        start, outcome = time.perf_counter(), None  # outcome: the last step's, not yet in the memory
+        for _ in range(rows):
+            if not self.budget_left(counters):
+                bar.close()
+                return memory, acting, key, None
+            stop_request.check()  # a Ctrl-C that Python dropped or that came while saving
+            memory, key, tracer, actions, epsilon = self.player.play(
+                params, memory, acting.tracer, acting.frames, acting.restart, key, counters.states,
+                outcome and outcome.memory_row())
+            acting, outcome = step_games(self.games, acting, actions, tracer)
+            counters.states += num_games
+            for game in np.flatnonzero(outcome.ended):
+                counters.episodes += 1
+                self.log.episode(counters.episodes, counters.states, float(epsilon), float(outcome.scores[game]))
+            bar.update(num_games)
+        bar.close()
+        memory = replay.record_outcome_jit(memory, *outcome.memory_row(), self.memory_cfg.reward_clip)
+        return memory, acting, key, (rows * num_games, time.perf_counter() - start)
+
+    def learn(self, memory, train_state, key, counters: Counters, played, stop=None):
+        """One learning cycle: backward sweep, optimise, log; the memory comes back emptied.
+
+        Returns (memory, train_state, key, mean loss).
+        """
+        cycle, values = counters.cycles + 1, self.signals.values(counters.states)
+        sweep_start = time.perf_counter()
+        memory, swept = replay.sweep(memory, self.memory_cfg.discount, sweep_method(self.memory_cfg.sweep))
+        swept = {k: float(v) for k, v in jax.device_get(swept).items()}
+        sweep_seconds = time.perf_counter() - sweep_start
+        self.log.sweep(counters.episodes, counters.states, swept)
+        check_cycle(cycle=cycle, states=counters.states, signals=values,
+                    values={f"swept Q-value {k[2:]}": swept[k] for k in ("q_min", "q_max")})
+        progress, done = self.log.optimising(cycle)
+        learn_start = time.perf_counter()
+        train_state, key, result = self.learner.optimise(
+            train_state, memory, key, learning_rate=values["learning_rate"],
+            loss_limit=values["loss_limit"], max_epochs=values["max_epochs"],
+            min_epochs=self.min_epochs, progress=progress, stop=stop)
+        done()
+        counters.cycles = cycle
+        seconds = {"play": played[1], "sweep": sweep_seconds, "optimise": time.perf_counter() - learn_start}
+        self.log.cycle(cycle, counters.states, _cycle_metrics(cycle, result, values, swept, played[0], seconds))
+        check_cycle(cycle=cycle, states=counters.states, signals=values,
+                    values={"batch loss": float(result.mean_loss)}, params=train_state.params)
+        return replay.reset(memory), train_state, key, float(result.mean_loss)
+
+    def save(self, counters: Counters, train_state, key) -> None:
+        """Checkpoint at ``counters.states``, the metrics logged so far sent first: a crash
+        after the checkpoint then loses none of what it covers (see :mod:`dqn_jax.resume`)."""
+        self.log.tracker.flush()
+        self.checkpointer.save(counters.states, train_state, key, asdict(counters))
 
 
-def _learn(cfg, learner, signals, memory, train_state, key, counters, tracker, q_log, *,
-           played: tuple[int, float], stop=None):
-    """One learning cycle: backward sweep, optimise, log; the memory comes back emptied.
-
-    Returns (memory, train_state, key, mean loss).
-    """
-    sweep_start = time.perf_counter()
-    memory, sweep_stats = replay.sweep(memory, cfg.memory.discount, sweep_method(cfg.memory.sweep))
-    sweep_stats = {k: float(v) for k, v in jax.device_get(sweep_stats).items()}
-    sweep_seconds = time.perf_counter() - sweep_start
-    values = signals.values(counters.states)
-    q_log.write(counters.episodes, counters.states, sweep_stats["q_min"], sweep_stats["q_mean"],
-                sweep_stats["q_max"], sweep_stats["q_std"])
-    check_cycle(cycle=counters.cycles + 1, states=counters.states, signals=values,
-                values={f"swept Q-value {k[2:]}": sweep_stats[k] for k in ("q_min", "q_max")})
-    bar = tqdm(desc=f"cycle {counters.cycles + 1}: optimising", unit="batch", leave=False,
-               disable=not cfg.progress)
-
-    def progress(done: int, total: int, mean_loss: float) -> None:
-        bar.total = total
-        bar.n = done
-        bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=True)
-
-    learn_start = time.perf_counter()
-    train_state, key, result = learner.optimise(
-        train_state, memory, key, learning_rate=values["learning_rate"],
-        loss_limit=values["loss_limit"], max_epochs=values["max_epochs"],
-        min_epochs=cfg.schedule.min_epochs, progress=progress, stop=stop)
-    bar.close()
-    learn_seconds = time.perf_counter() - learn_start
-    counters.cycles += 1
-    metrics = {
+def _cycle_metrics(cycle: int, result, values: dict, swept: dict, played_states: int,
+                   seconds: dict[str, float]) -> dict[str, float]:
+    """A learning cycle's metrics, by their MLflow names."""
+    return {
         "cycle/loss": float(result.mean_loss),
         "cycle/iterations": float(result.iterations),
         "cycle/epochs": float(result.epochs),
         "cycle/high_error_share": float(result.high_error_share),
-        "cycle/learning_rate": values["learning_rate"],
-        "cycle/loss_limit": values["loss_limit"],
-        "cycle/max_epochs": values["max_epochs"],
-        "cycle/replay_fraction": values["replay_fraction"],
-        "cycle/states_per_second": played[0] / max(played[1], 1e-9),
-        "cycle/play_seconds": played[1],
-        "cycle/sweep_seconds": sweep_seconds,
-        "cycle/optimise_seconds": learn_seconds,
-        "cycle/count": float(counters.cycles),
+        **{f"cycle/{name}": value for name, value in values.items() if name != "epsilon"},
+        "cycle/states_per_second": played_states / max(seconds["play"], 1e-9),
+        **{f"cycle/{stage}_seconds": value for stage, value in seconds.items()},
+        "cycle/count": float(cycle),
         **{f"q/{name[2:]}" if name.startswith("q_") else f"sweep/{name}": value
-           for name, value in sweep_stats.items()},
+           for name, value in swept.items()},
     }
-    tracker.log_metrics(metrics, step=counters.states)
-    check_cycle(cycle=counters.cycles, states=counters.states, signals=values,
-                values={"batch loss": float(result.mean_loss)}, params=train_state.params)
-    if cfg.progress:
-        tqdm.write(f"cycle {counters.cycles}: {result.iterations} batches ({result.epochs:.2f} epochs), "
-                   f"loss {result.mean_loss:.4f}, Q mean {sweep_stats['q_mean']:.3f}, "
-                   f"learning rate {values['learning_rate']:.2e}")
-    return replay.reset(memory), train_state, key, float(result.mean_loss)
+
+
+# ------------------------------------------------------------------------------- testing
 
 
 def test(cfg, *, games, player, params, key, episodes: int, max_states: int | None = None,
@@ -293,38 +333,31 @@ def test(cfg, *, games, player, params, key, episodes: int, max_states: int | No
     done = np.zeros(num_games, dtype=int)
     results: list[float] = []
     window = logs.RewardWindow(30)
-    frames, lives = games.reset(seed=cfg.seed + 1_000_003)
-    tracer = player.start(frames)
-    restart = np.ones(num_games, dtype=bool)
-    scores = np.zeros(num_games)
+    acting = Acting.start(games, player, cfg.seed + 1_000_003)
     episode_of = np.arange(1, num_games + 1)  # each game's episode number, in order of start
     count = 0
     with current_stop_request() as stop_request:
         while (done < quota).any():
             stop_request.check()
-            key, tracer, states, q_values, actions, _ = player.act(params, tracer, frames, restart, key,
-                                                                   count)
+            key, tracer, states, q_values, actions, _ = player.act(
+                params, acting.tracer, acting.frames, acting.restart, key, count)
             q_host = np.asarray(q_values)
             if frame_sink is not None and done[0] < quota[0]:
                 frame_sink(np.asarray(states[0]))
-            step = games.step(np.asarray(actions))
+            acting, outcome = step_games(games, acting, actions, tracer)
             count += num_games
-            ended = step.terminated | step.truncated
-            end_life = (step.lives < lives) & ~ended
-            scores += step.rewards
             for game in np.flatnonzero(done < quota):
-                if ended[game]:
-                    results.append(float(scores[game]))
-                    window.add(scores[game])
+                if outcome.ended[game]:
+                    results.append(float(outcome.scores[game]))
+                    window.add(outcome.scores[game])
                     done[game] += 1
-                if cfg.progress and (ended[game] or end_life[game] or step.rewards[game] != 0):
-                    lives_left = 0 if ended[game] else int(step.lives[game])  # step.lives: the next episode's
-                    print(logs.test_event_line(game, int(episode_of[game]), count, q_host[game], lives_left,
-                                               float(scores[game]), window.mean))
-                if ended[game]:
+                event = outcome.ended[game] or outcome.end_life[game] or outcome.rewards[game] != 0
+                if cfg.progress and event:
+                    print(logs.test_event_line(game, int(episode_of[game]), count, q_host[game],
+                                               int(outcome.lives[game]), float(outcome.scores[game]),
+                                               window.mean))
+                if outcome.ended[game]:
                     episode_of[game] = episode_of.max() + 1
-            scores[ended] = 0.0
-            frames, lives, restart = step.frames, step.lives, ended
             if max_states is not None and count >= max_states:
                 break
     if not results:

@@ -15,6 +15,7 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 REWARD_FIELDS = ("episode", "states", "reward", "mean30")
 Q_FIELDS = ("episode", "states", "q_min", "q_mean", "q_max", "q_std")
@@ -123,3 +124,60 @@ def summary(scores: list[float]) -> dict[str, float]:
         "max_score": float(values.max()),
         "std_score": float(values.std()),
     }
+
+
+class TrainingLog:
+    """Where the training loop reports, so the loop itself formats nothing.
+
+    An episode goes to ``rewards.csv``, to the tracker (``episode/*``) and to the
+    console; a learning cycle's sweep to ``q_values.csv``, its metrics to the tracker
+    and a summary line to the console. Progress bars show while the memory fills and
+    while optimising. ``console=False`` keeps the console quiet (the files and the
+    tracker still get everything).
+    """
+
+    def __init__(self, run_dir: Path, tracker, reward_history=(), console: bool = True):
+        self.tracker = tracker
+        self.console = console
+        self.window = RewardWindow(30, reward_history)
+        self._rewards = CsvLog(Path(run_dir) / "rewards.csv", REWARD_FIELDS)
+        self._q_values = CsvLog(Path(run_dir) / "q_values.csv", Q_FIELDS)
+
+    def say(self, line: str) -> None:
+        if self.console:
+            tqdm.write(line)
+
+    def episode(self, episode: int, states: int, epsilon: float, score: float) -> None:
+        mean30 = self.window.add(score)
+        self._rewards.write(episode, states, score, mean30)
+        self.tracker.log_metrics({"episode/score": score, "episode/mean30": mean30,
+                                  "episode/epsilon": epsilon, "episode/count": episode}, step=states)
+        self.say(episode_line(episode, states, epsilon, score, mean30))
+
+    def sweep(self, episode: int, states: int, stats: dict[str, float]) -> None:
+        self._q_values.write(episode, states, *(stats[k] for k in Q_FIELDS[2:]))
+
+    def cycle(self, cycle: int, states: int, metrics: dict[str, float]) -> None:
+        self.tracker.log_metrics(metrics, step=states)
+        self.say(f"cycle {cycle}: {metrics['cycle/iterations']:.0f} batches ({metrics['cycle/epochs']:.2f} "
+                 f"epochs), loss {metrics['cycle/loss']:.4f}, Q mean {metrics['q/mean']:.3f}, "
+                 f"learning rate {metrics['cycle/learning_rate']:.2e}")
+
+    def playing(self, cycle: int, states: int) -> tqdm:
+        """A progress bar for filling the memory (``update(n)`` per step, ``close()``)."""
+        return tqdm(total=states, desc=f"cycle {cycle}: playing", unit="state", leave=False,
+                    disable=not self.console)
+
+    def optimising(self, cycle: int):
+        """A progress callback for the optimise loop, and the function that ends its bar."""
+        bar = tqdm(desc=f"cycle {cycle}: optimising", unit="batch", leave=False, disable=not self.console)
+
+        def progress(done: int, total: int, mean_loss: float) -> None:
+            bar.total, bar.n = total, done
+            bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=True)
+
+        return progress, bar.close
+
+    def close(self) -> None:
+        self._rewards.close()
+        self._q_values.close()
