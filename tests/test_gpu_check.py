@@ -42,3 +42,21 @@ def test_tiny_gpu_check_writes_dated_sections_into_copies_of_the_docs(tmp_path):
                      results_text)
     assert (out / "benchmarks.md").read_text() == bench_text and (out / "results.md").read_text() == results_text
     assert (ROOT / "docs" / "benchmarks.md").read_text() != bench_text  # the real docs untouched
+
+
+@pytest.mark.slow
+def test_the_gpu_tests_pass_with_the_cpu_standing_in_for_the_gpu():
+    """Keeps tests/test_gpu.py honest on machines without a GPU: each comparison, with the
+    CPU on both sides (bf16 excepted: XLA:CPU compiles bf16 products as f32)."""
+    import jax
+
+    from tests import test_gpu as T
+
+    cpu = jax.devices("cpu")[0]
+    T.test_device_optimise_loop_on_the_gpu_matches_the_host_loop_on_the_cpu(cpu, cpu)
+    T.test_associative_sweep_on_the_gpu_matches_the_reference(cpu, 40)
+    T.test_sampler_on_the_gpu_draws_the_cpus_batches(cpu, cpu)
+    T.test_bfloat16_runs_in_bfloat16_on_the_gpu(cpu, "float32", "f32")
+    with pytest.raises(AssertionError):
+        T.test_bfloat16_runs_in_bfloat16_on_the_gpu(cpu, "bfloat16", "bf16")
+    T.test_hvass_update_on_the_gpu_matches_the_cpu(cpu, cpu)
