@@ -9,7 +9,9 @@ configuration is its overrides (tag ``dqn_jax.overrides``) less ``seed=...``, so
 children that differ only by seed are one configuration, averaged. Writes
 ``rewards.png`` (``episode/mean30`` against states: the mean over seeds, and their
 range shaded), ``scores.csv`` and ``scores.md`` (final scores per configuration) into
-``--out`` and logs them to the parent run under ``compare/``. Bad input (an unknown
+``--out`` and logs them to the parent run under ``compare/``. A sweep whose launching
+process was killed (``kill -9``) is first closed KILLED, with its children left RUNNING
+(tag ``dqn_jax.closed_reason``). Bad input (an unknown
 run id, a run with no children, no store) ends with one line and exit status 2.
 """
 
@@ -99,6 +101,21 @@ def find_parent(client, run_id: str | None = None, sweep_id: str | None = None):
         ids = ", ".join(r.info.run_id for r in found)
         raise CompareError(f"{len(found)} sweeps have the id {sweep_id!r} (runs {ids}); give one run id")
     return found[0]
+
+
+def close_killed_sweep(client, parent):
+    """A sweep whose launching process was killed (kill -9) is closed KILLED, with the
+    children it left RUNNING (:mod:`dqn_jax.stale`); returns the parent as it is now."""
+    from dqn_jax import stale
+
+    closed = stale.close_orphaned_sweep(client, parent.info.run_id, "dqn-jax-compare")
+    if not closed:
+        return parent
+    children = len(closed) - (parent.info.run_id in closed)
+    print(f"dqn-jax-compare: the launching process of this sweep is gone; closed KILLED: "
+          f"{'parent run ' + parent.info.run_id + ' and ' if parent.info.run_id in closed else ''}"
+          f"{children} child run{'' if children == 1 else 's'}", file=sys.stderr)
+    return client.get_run(parent.info.run_id)
 
 
 def read_children(client, parent_id: str, metric: str = CURVE) -> list[Child]:
@@ -275,6 +292,7 @@ def main(argv=None) -> int:
         uri = args.tracking_uri or default_tracking_uri(args.root)
         client = _client(uri)
         parent = find_parent(client, args.run_id, args.sweep_id)
+        parent = close_killed_sweep(client, parent)
         sweep = parent.data.tags.get("dqn_jax.sweep_id", parent.info.run_id)
         out_dir = Path(args.out) if args.out else Path(f"compare-{sweep}")
         files = compare(client, parent, out_dir, args.metric, log=not args.no_log)

@@ -9,20 +9,19 @@ own run (``dqn_jax.overrides``, ``dqn_jax.job_num``, ``dqn_jax.sweep_id``) and, 
 that failed before opening a run (a config value rejected for that job only), opens and
 closes a FAILED child holding the error, so that every job has its run.
 
-The jobs find the parent run with :func:`sweep_parent_run_id`: the id is in
-``$DQN_JAX_PARENT_RUN_ID`` for launchers whose workers inherit the launching process's
-environment (basic, joblib/loky, submitit local, a local Ray), and in the file
-``<hydra.sweep.dir>/mlflow_run_id`` for those on a shared file system (Slurm).
+The jobs find the parent run with :func:`sweep_parent_run_id` and name their runs by
+what they vary with :func:`child_run_name` (:mod:`dqn_jax.sweep_jobs`). A launch killed
+with ``kill -9`` leaves its parent RUNNING: a relaunch in the same ``hydra.sweep.dir``
+closes it (and its orphaned children) KILLED, with a tag saying why (:mod:`dqn_jax.stale`).
 
 :class:`JobResources` (added by ``hydra/launcher=local_parallel``) gives each parallel job
-on one machine its share of the cores and of the GPU's memory.
+on one machine its share of the cores and of the GPU's memory (:mod:`dqn_jax.job_resources`).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -36,13 +35,24 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from dqn_jax import tracking
+from dqn_jax import stale, tracking
+from dqn_jax.job_resources import JobResources  # noqa: F401 - hydra/launcher=local_parallel names it here
+from dqn_jax.sweep_jobs import (  # noqa: F401 - PARENT_RUN_ENV, child_run_name and job_overrides: used by others
+    PARENT_RUN_ENV,
+    _client,
+    _common_overrides,
+    _cut,
+    _hydra_config,
+    _is_multirun,
+    child_run_name,
+    job_overrides,
+    sweep_id,
+    sweep_parent_run_id,
+)
 
 log = logging.getLogger(__name__)
 
-PARENT_RUN_ENV = "DQN_JAX_PARENT_RUN_ID"  # set while a sweep's parent run is open
 JOB_TAG = "dqn_jax.jobs."  # parent tags dqn_jax.jobs.<num> = COMPLETED | FAILED: <error>
-MAX_TAG_LENGTH = 5000  # MLflow's limit on a tag value is 8000 characters
 INTERRUPTED_FILE = ".interrupted"  # in the sweep directory after a Ctrl-C
 
 
@@ -52,68 +62,6 @@ class SweepInterrupted(RuntimeError):
 
 # ---------------------------------------------------------------------------- the jobs' side
 
-def _hydra_config() -> DictConfig | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get() if HydraConfig.initialized() else None
-
-
-def _is_multirun(hydra_cfg) -> bool:
-    from hydra.types import RunMode
-
-    return hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
-
-
-def sweep_parent_run_id() -> str | None:
-    """The parent run of the sweep this job belongs to, if a sweep opened one.
-
-    In a multirun job, the id the callback wrote in the sweep directory (it belongs to
-    this very sweep, and reaches Slurm jobs on a shared file system); else the one in
-    ``$DQN_JAX_PARENT_RUN_ID`` (workers that inherit the launching process's environment).
-    """
-    hydra_cfg = _hydra_config()
-    if _is_multirun(hydra_cfg):
-        from_file = tracking.read_run_id(str(hydra_cfg.sweep.dir))
-        if from_file:
-            return from_file
-    return os.environ.get(PARENT_RUN_ENV) or None
-
-
-def sweep_id(sweep_dir: str | Path) -> str:
-    """A sweep's id: the name of its directory (by default its start time)."""
-    return Path(str(sweep_dir)).name
-
-
-def job_overrides(config: DictConfig, common: list[str] | None = None) -> list[str]:
-    """The job's task overrides, less those the sweep's command gives every job (``common``).
-
-    An override is shared when the command's last override of its key is a plain value
-    equal to the job's (``progress=false`` and ``progress=False`` are equal); a swept key
-    (``seed=0,1``) and the sweeper's own params always stay.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    overrides = [str(o) for o in config.hydra.overrides.task]
-    shared = {}
-    for override in parser.parse_overrides(list(common or [])):
-        shared[override.key_or_group] = override
-    kept = []
-    for text, override in zip(overrides, parser.parse_overrides(overrides), strict=True):
-        given = shared.get(override.key_or_group)
-        if given is not None and not given.is_sweep_override() and given.type == override.type \
-                and given.value() == override.value():
-            continue
-        kept.append(text)
-    return kept
-
-
-def _client(config):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking.tracking_uri(config))
-
-
 def _job_run(client, config, started_ms: int):
     """The MLflow run the job opened or continued (its id is in the job's directory)."""
     run = tracking._open_run(client, tracking.read_run_id(config.hydra.runtime.output_dir))
@@ -122,10 +70,6 @@ def _job_run(client, config, started_ms: int):
     touched = max(run.info.start_time or 0, run.info.end_time or 0)
     # a run left in the directory by an earlier sweep, not touched by this job, is not its run
     return run if run.info.status == "RUNNING" or touched >= started_ms else None
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= MAX_TAG_LENGTH else text[:MAX_TAG_LENGTH - 3] + "..."
 
 
 def _error_line(error: BaseException) -> str:
@@ -174,9 +118,11 @@ class SweepParentCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        stale = sweep_dir / tracking.RUN_ID_FILE
+        if config.logger.name != "none":
+            _close_killed_launch(config, tracking.read_run_id(sweep_dir))
         if config.logger.name == "none" or os.environ.get(PARENT_RUN_ENV):
-            stale.unlink(missing_ok=True)  # a parent id left by an earlier sweep in this directory
+            # a parent id left by an earlier sweep in this directory
+            (sweep_dir / tracking.RUN_ID_FILE).unlink(missing_ok=True)
             return
         sid = sweep_id(sweep_dir)
         tags = {"dqn_jax.sweep": "true", "dqn_jax.sweep_id": sid,
@@ -189,6 +135,7 @@ class SweepParentCallback(Callback):
             return
         self.config = config
         self.tracker.log_params(_sweep_params(config))
+        self.tracker.flush()  # the jobs read sweep.overrides from the store
         os.environ[PARENT_RUN_ENV] = self.tracker.run_id
         # Closed at exit if the multirun does not end normally: before Python waits for
         # the threads left running (a job's hung thread must not keep the parent open).
@@ -307,6 +254,8 @@ class SweepParentCallback(Callback):
                 "dqn_jax.job_num": str(config.hydra.job.num),
                 "dqn_jax.overrides": _cut(" ".join(mine)),
                 "dqn_jax.overrides_json": _cut(json.dumps(mine))}
+        if mine:  # named by what it varies (app.py names it so from the start via child_run_name)
+            tags["mlflow.runName"] = _cut(" ".join(mine))
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
         if failed:
@@ -323,6 +272,25 @@ class SweepParentCallback(Callback):
         if parent_id:
             status = f"FAILED: {_error_line(error)}" if failed else "COMPLETED"
             client.set_tag(parent_id, f"{JOB_TAG}{config.hydra.job.num}", _cut(status))
+
+
+def _close_killed_launch(config: DictConfig, parent_id: str | None) -> None:
+    """An earlier launch in this sweep directory was killed (kill -9): close its runs KILLED."""
+    if not parent_id:
+        return
+    try:
+        closed = stale.close_orphaned_sweep(_client(config), parent_id, "a relaunch of the sweep")
+    except Exception as exc:
+        log.warning("MLflow: could not check the earlier launch of this sweep: %s", exc)
+        return
+    if closed:
+        print(f"dqn_jax: the earlier launch of sweep {sweep_id(config.hydra.sweep.dir)} was killed; "
+              f"its MLflow parent run {parent_id} and {_runs(len(closed) - (parent_id in closed))} "
+              "left RUNNING are now KILLED", file=sys.stderr)
+
+
+def _runs(count: int) -> str:
+    return f"{count} child run" if count == 1 else f"{count} child runs"
 
 
 def _jobs(count: int) -> str:
@@ -346,23 +314,12 @@ def _sweep_params(config: DictConfig) -> dict[str, Any]:
     return params
 
 
-def _common_overrides(client, parent_id: str | None) -> list[str]:
-    """The overrides of the sweep's command that every job shares (logged on its parent)."""
-    if not parent_id:
-        return []
-    logged = client.get_run(parent_id).data.params.get("sweep.overrides", "[]")
-    try:  # a swept value ("seed=0,1") never equals a job's, so it is never dropped
-        return [str(o) for o in json.loads(logged)]
-    except ValueError:
-        return []
-
-
 def _open_failed_run(config: DictConfig, tags: dict, parent_id: str | None, error):
     """A child run for a job that failed before opening its own: FAILED, with the error."""
     import traceback
 
     run_dir = Path(config.hydra.runtime.output_dir)
-    name = f"{OmegaConf.select(config, 'env.game', default='job')}-{config.name}"
+    name = tags.get("mlflow.runName") or f"{OmegaConf.select(config, 'env.game', default='job')}-{config.name}"
     tracker = tracking.start_tracker(config, run_dir, run_name=name,
                                      tags=tags, parent_run_id=parent_id, resume=False)
     if tracker.run_id is None:
@@ -383,81 +340,3 @@ def _children(client, parent_id: str) -> list:
                                    filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
                                    max_results=5000)
     return runs
-
-
-# ---------------------------------------------------------------------------- parallel jobs
-
-class JobResources(Callback):
-    """Each job of a parallel sweep on one machine gets a share of the cores and the GPU.
-
-    In the job's process, before the task (and so before JAX starts), it sets
-    ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` and ``XLA_PYTHON_CLIENT_MEM_FRACTION`` to
-    ``gpu_memory / n_jobs`` unless they are already set (``hydra.job.env_set`` or the
-    environment win), and pins the worker process to its slot's cores, so that the
-    games' threads (ale-py) and XLA's CPU threads of the jobs do not compete. A worker
-    keeps its slot (a lock file in the sweep directory) for its lifetime.
-    """
-
-    def __init__(self, n_jobs: int = 1, gpu_memory: float = 0.9, pin_cpus: bool = True) -> None:
-        self.n_jobs = int(n_jobs) if int(n_jobs) > 0 else (os.cpu_count() or 1)
-        self.gpu_memory = float(gpu_memory)
-        self.pin_cpus = bool(pin_cpus)
-
-    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.seen = {}
-        if not _is_multirun(config.hydra):
-            return
-        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{self.gpu_memory / self.n_jobs:.3f}")
-        if self.pin_cpus and hasattr(os, "sched_setaffinity"):
-            _pin_to_slot(Path(str(config.hydra.sweep.dir)), self.n_jobs)
-        # what the task sees (hydra.job.env_set is undone when the task returns)
-        self.seen = {"dqn_jax.cpus": ",".join(map(str, sorted(os.sched_getaffinity(0)))),
-                     "dqn_jax.xla_preallocate": os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"],
-                     "dqn_jax.xla_mem_fraction": os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"]}
-
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if not getattr(self, "seen", None) or config.logger.name == "none":
-            return
-        try:
-            client = _client(config)
-            run_id = tracking.read_run_id(config.hydra.runtime.output_dir)
-            if run_id:
-                for key, value in self.seen.items():
-                    client.set_tag(run_id, key, value)
-        except Exception as exc:
-            log.warning("MLflow: could not tag job %s with its resources: %s",
-                        config.hydra.job.num, exc)
-
-
-_SLOT: dict[str, Any] = {}  # this process's slot: its lock file stays open while it lives
-
-
-def _pin_to_slot(sweep_dir: Path, n_jobs: int) -> None:
-    """Claim a free slot (0..n_jobs-1) for this process and pin it to that slot's cores."""
-    if _SLOT:
-        return
-    cpus = sorted(os.sched_getaffinity(0))
-    slots = sweep_dir / ".slots"
-    slots.mkdir(parents=True, exist_ok=True)
-    for slot in range(n_jobs):
-        handle = open(slots / f"{slot}.lock", "w")  # noqa: SIM115 - held for the process's life
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            continue
-        share = _slot_cpus(cpus, slot, n_jobs)
-        os.sched_setaffinity(0, share)
-        _SLOT.update(slot=slot, cpus=share, handle=handle)
-        return
-    log.warning("no free CPU slot among %d for this job; it runs unpinned", n_jobs)
-
-
-def _slot_cpus(cpus: list[int], slot: int, n_jobs: int) -> list[int]:
-    """Slot ``slot``'s cores: a contiguous share, or one core shared when jobs outnumber cores."""
-    if n_jobs >= len(cpus):
-        return [cpus[slot % len(cpus)]]
-    per, extra = divmod(len(cpus), n_jobs)
-    start = slot * per + min(slot, extra)
-    return cpus[start:start + per + (1 if slot < extra else 0)]

@@ -279,6 +279,8 @@ def start_tracker(cfg, run_dir: str | Path, *, run_name: str, tags: dict | None 
     if run is not None:
         run_id = run.info.run_id
         client.update_run(run_id, status="RUNNING")
+        if stale.REASON_TAG in run.data.tags:  # closed KILLED after a kill -9; running again now
+            client.delete_tag(run_id, stale.REASON_TAG)
         for key, value in (tags or {}).items():
             client.set_tag(run_id, key, str(value))
     else:

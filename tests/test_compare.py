@@ -123,3 +123,53 @@ def test_children_that_differ_only_by_seed_are_averaged():
     assert "| lr=1 | 2 | 2 | 0 1 | 3 | 1 |" in table_markdown(rows)
     seeds_only = group_children([_child([], 0, 1.0), _child([], 1, 1.0)])
     assert [g.label for g in seeds_only] == ["(defaults)"]
+
+
+def test_the_children_are_named_by_what_they_vary(sweep):
+    root, client, parent = sweep
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.info.run_name for r in children) == [
+        f"schedule.learning_rate.start={rate} seed={seed}" for rate in ("0.0003", "0.001") for seed in (0, 1)]
+
+
+KILLED_SWEEP = """
+import sys, time
+from omegaconf import OmegaConf
+from dqn_jax import config, tracking
+cfg = OmegaConf.structured(config.Config)
+cfg.paths.root = sys.argv[1]
+parent = tracking.start_tracker(cfg, sys.argv[1] + "/sweep", run_name="sweep",
+                                tags={"dqn_jax.sweep": "true", "dqn_jax.sweep_id": "killed"})
+child = tracking.start_tracker(cfg, sys.argv[1] + "/sweep/0", run_name="seed=0",
+                               parent_run_id=parent.run_id, tags={"dqn_jax.overrides": "seed=0"})
+child.log_metrics({"episode/mean30": 3.0}, step=10)
+child.flush()
+print(parent.run_id, flush=True)
+time.sleep(600)
+"""
+
+
+def test_compare_closes_a_sweep_whose_launcher_was_killed(tmp_path):
+    """A process holding a sweep's parent and child runs is killed with SIGKILL: compare
+    closes both KILLED (tag dqn_jax.closed_reason), then compares as usual."""
+    process = subprocess.Popen([sys.executable, "-c", KILLED_SWEEP, str(tmp_path)], stdout=subprocess.PIPE,
+                               text=True, env={**os.environ, **ENV})
+    try:
+        parent_id = process.stdout.readline().strip()
+        client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+        done = compare_cli("--sweep-id", "killed", "--root", str(tmp_path), "--out", str(tmp_path / "out"),
+                           cwd=tmp_path)
+        assert done.returncode == 0 and client.get_run(parent_id).info.status == "RUNNING"  # alive: left
+    finally:
+        process.kill()
+        process.wait()
+    done = compare_cli("--sweep-id", "killed", "--root", str(tmp_path), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"closed KILLED: parent run {parent_id} and 1 child run" in done.stderr
+    parent = client.get_run(parent_id)
+    (child,) = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    for run in (parent, child):
+        assert run.info.status == "KILLED"
+        assert "closed KILLED by dqn-jax-compare" in run.data.tags["dqn_jax.closed_reason"]
+    assert "| (defaults) | 1 | 0 |" in done.stdout  # then compared: one run (seed=0), none finished

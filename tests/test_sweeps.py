@@ -321,3 +321,41 @@ def test_a_sweep_sent_to_a_tracking_server_arrives_complete(tmp_path, mlflow_ser
     stored = list((store / "artifacts").rglob("rewards.csv"))
     assert len(stored) == 2, "the artifacts did not reach the server's artifact store"
     assert not (project / "mlruns.db").exists() and not (project / "mlartifacts").exists()
+
+
+def test_a_killed_launch_is_closed_killed_by_its_relaunch(tmp_path):
+    """kill -9 of the launching process leaves its parent and its running job RUNNING;
+    the next launch in the same hydra.sweep.dir closes them KILLED, saying why."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    sweep_dir = tmp_path / "sweep"
+    args = [sys.executable, "-m", "dqn_jax", f"paths.root={tmp_path}", *CART, "steps=10000000", MULTIRUN,
+            f"hydra.sweep.dir={sweep_dir}", "seed=0,1"]
+    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "PYTHONPATH": path, "JAX_PLATFORMS": "cpu"})
+    deadline = time.monotonic() + 300
+    while not (sweep_dir / "0" / "mlflow_run_id").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "job 0 opened no run"
+        time.sleep(0.2)
+    process.kill()  # SIGKILL: no callback, no atexit, nothing closes the runs
+    process.wait()
+    client = client_for(tmp_path)
+    killed_parent = (sweep_dir / "mlflow_run_id").read_text().strip()
+    killed_child = (sweep_dir / "0" / "mlflow_run_id").read_text().strip()
+    assert {client.get_run(r).info.status for r in (killed_parent, killed_child)} == {"RUNNING"}
+
+    # (relaunching the same overrides would resume job 0's run; a fresh one keeps it KILLED here)
+    again = run_app([*CART, MULTIRUN, f"hydra.sweep.dir={sweep_dir}", "checkpoint.resume=false", "seed=choice(5)"],
+                    cwd=tmp_path)
+    assert_ok(again)
+    assert f"the earlier launch of sweep sweep was killed; its MLflow parent run {killed_parent} and " \
+           "1 child run left RUNNING are now KILLED" in again.stderr
+    for run_id in (killed_parent, killed_child):
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED" and run.info.end_time is not None
+        assert "ended without closing it (kill -9" in run.data.tags["dqn_jax.closed_reason"]
+        assert "by a relaunch of the sweep" in run.data.tags["dqn_jax.closed_reason"]
+    new_parent = client.get_run((sweep_dir / "mlflow_run_id").read_text().strip())
+    assert new_parent.info.run_id != killed_parent and new_parent.info.status == "FINISHED"
+    (child,) = client.search_runs([new_parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{new_parent.info.run_id}'")
+    assert child.info.status == "FINISHED" and child.info.run_name == "seed=5"

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from dqn_jax import config
-from dqn_jax.sweeps import PARENT_RUN_ENV, sweep_parent_run_id
+from dqn_jax.sweeps import PARENT_RUN_ENV, child_run_name, sweep_parent_run_id
 from dqn_jax.tracking import (
     MlflowTracker,
     NullTracker,
@@ -222,7 +222,7 @@ def test_multirun_gets_one_parent_run(root, client, tmp_path):
         @hydra.main(version_base=None, config_path=None, config_name="config_schema")
         def main(cfg):
             run_dir = Path(HydraConfig.get().runtime.output_dir)
-            with tracking.start_tracker(cfg, run_dir, run_name=f"seed{cfg.seed}",
+            with tracking.start_tracker(cfg, run_dir, run_name=sweeps.child_run_name(f"seed{cfg.seed}"),
                                         parent_run_id=sweeps.sweep_parent_run_id()) as t:
                 t.log_metrics({"seed": cfg.seed}, step=0)
 
@@ -240,9 +240,10 @@ def test_multirun_gets_one_parent_run(root, client, tmp_path):
     parents = [r for r in runs if r.data.tags.get("dqn_jax.sweep") == "true"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert sorted(r.info.run_name for r in children) == ["seed0", "seed1"]
+    assert sorted(r.info.run_name for r in children) == ["seed=0", "seed=1"]  # what they vary
     assert "sweep.overrides" in parents[0].data.params
     assert sweep_parent_run_id() is None  # the variable lived only in the sweep's process
+    assert child_run_name("breakout-default") == "breakout-default"  # not in a sweep's job
 
 
 def test_sweep_parent_run_id_comes_from_the_environment(monkeypatch):
