@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dqn_jax import logs
+from dqn_jax import logs, pictures
 from dqn_jax import memory as replay
 from dqn_jax.config import memory_steps
 from dqn_jax.faults import check_cycle
@@ -206,6 +206,7 @@ def train(cfg, *, games, player, learner, signals, train_state, key, counters: C
                         memory, train_state, key, counters, played, stop=lambda: stop_request.requested)
                     cycle.save(counters, train_state, key)
                     saved_at = counters.states
+                pictures.log_training_curves(tracker, run_dir, every_seconds=300)
         except KeyboardInterrupt:
             stopped_by = "interrupt"
             cycle.log.say("interrupted: saving a checkpoint and closing the run")
@@ -343,8 +344,10 @@ def test(cfg, *, games, player, params, key, episodes: int, max_states: int | No
                 params, acting.tracer, acting.frames, acting.restart, key, count)
             q_host = np.asarray(q_values)
             if frame_sink is not None and done[0] < quota[0]:
-                frame_sink(np.asarray(states[0]))
+                frame_sink(np.asarray(states[0]), q_host[0], int(actions[0]))
             acting, outcome = step_games(games, acting, actions, tracer)
+            if frame_sink is not None and outcome.ended[0] and done[0] < quota[0]:
+                frame_sink.episode_end()  # one video file per episode of game 0
             count += num_games
             for game in np.flatnonzero(done < quota):
                 if outcome.ended[game]:

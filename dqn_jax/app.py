@@ -14,12 +14,12 @@ import numpy as np
 import optax
 from omegaconf import OmegaConf
 
-from dqn_jax import agent, display, resources, resume, sweeps, tracking
+from dqn_jax import agent, display, pictures, resources, resume, sweeps, tracking
 from dqn_jax.checkpoints import Checkpointer
 from dqn_jax.config import ConfigError, num_envs
 from dqn_jax.envs import make_games
 from dqn_jax.faults import FAILURE_TAG, Diverged
-from dqn_jax.learner import create_train_state, make_learner, make_optimizer
+from dqn_jax.learner import create_train_state, describe_device, make_learner, make_optimizer
 from dqn_jax.logs import read_rewards
 from dqn_jax.networks import make_network
 from dqn_jax.schedules import ControlSignals
@@ -60,6 +60,7 @@ def run_train(cfg, run_dir: Path):
     try:
         resources.check_fits(cfg.memory, games.num_envs, _need(cfg, games))
         parts = Parts(cfg, games, cfg.seed)
+        print(f"training on {describe_device()}", flush=True)
         checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep)
         train_state, key, counters = _resume(cfg, run_dir, parts, checkpointer)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -152,8 +153,11 @@ def run_test(cfg, run_dir: Path):
         raise ConfigError(f"there is no checkpoint to test in {run_dir / 'checkpoints'}; train first "
                           f"with the same env= and name= (python -m dqn_jax env=... name={cfg.name})")
     episodes = cfg.episodes or 30
-    sink = display.open_sink(cfg, run_dir)  # may reject render=true without a display
+    sink = display.open_sink(cfg, run_dir, episodes=cfg.video_episodes, gif=cfg.video_gif,
+                             q_values=cfg.video_q_values, per_episode=True)  # may reject render=true
     games = make_games(cfg.env, min(num_envs(cfg.env), episodes), cfg.seed)
+    if sink is not None:
+        sink.action_names = games.action_names
     parts = Parts(cfg, games, cfg.seed)
     tracker = tracking.NullTracker()
     status = "FAILED"
@@ -179,8 +183,8 @@ def run_test(cfg, run_dir: Path):
     finally:
         if sink is not None:
             sink.close()
-            if cfg.video:
-                tracker.log_artifact(run_dir / "test-video.mp4")
+            for path in getattr(sink, "paths", []):
+                tracker.log_artifact(path, "videos")
         tracker.finish(status)
         checkpointer.close()
         games.close()
@@ -191,6 +195,9 @@ def _run_name(cfg) -> str:
 
 
 def _close_run(tracker, run_dir: Path, status: str, checkpointer, cfg) -> None:
+    if tracker.run_id is not None and (run_dir / "config.yaml").exists():  # the run's final curves
+        tracker.flush()
+        pictures.log_training_curves(tracker, run_dir)
     for name in ("config.yaml", "rewards.csv", "q_values.csv"):
         if (run_dir / name).exists():
             tracker.log_artifact(run_dir / name)

@@ -134,7 +134,10 @@ class Config:
     episodes: int | None = None  # stop when this many episodes are done (train: in total)
     steps: int | None = None  # stop when this many states are processed (train: in total)
     render: bool = False  # test mode: show the game in a window
-    video: bool = False  # test mode: write test-video.mp4 into the run directory
+    video: bool = False  # test mode: write test-video-<k>.mp4 (game 0's episodes) into the run directory
+    video_episodes: int | None = None  # test mode: video of game 0's first N episodes (None: all)
+    video_gif: bool = False  # test mode: a GIF beside each MP4
+    video_q_values: bool = True  # test mode: the Q-value of each action beside the frames
     progress: bool = True  # progress bars and a line per episode
     objective: str = "test/mean_score"  # what a sweep job returns (metric name)
     test_episodes_after_training: int = 0  # play this many test episodes when training ends
@@ -194,7 +197,7 @@ def validate(cfg) -> None:
             raise ConfigError(f"{key}={value} is out of range; it must be in [0, 1]")
 
     for key in ("memory.size", "memory.batch_size", "memory.reward_clip", "env.frameskip",
-                "env.height", "env.width", "checkpoint.keep", "env.num_envs", "episodes",
+                "env.height", "env.width", "checkpoint.keep", "env.num_envs", "episodes", "video_episodes",
                 "steps", "schedule.min_epochs", "schedule.loss_window", "logger.flush_seconds",
                 "schedule.rmsprop_initial_scale"):
         positive(key)

@@ -142,3 +142,24 @@ def test_ctrl_c_saves_a_checkpoint_and_ends_with_one_line(tmp_path):
     resumed = run_app([*TINY, f"steps={steps[-1] + 60}", "name=ctrlc", "logger=none"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {checkpoints}: {steps[-1]} states" in resumed.stdout
+
+
+def test_test_mode_video_has_a_frame_per_step_and_is_logged_to_the_test_run(trained):
+    import imageio.v2 as imageio
+
+    root, _ = trained
+    result = run_app([*TINY, "mode=test", "episodes=1", "env.num_envs=1", "name=e2e", "video=true",
+                      "video_gif=true"], cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = client_for(root)
+    test_run = sorted(only_run(client, parent_filter="test"), key=lambda r: r.info.start_time)[-1]
+    steps = int(test_run.data.metrics["test/states"])  # one game: a state per step
+    video = root / "runs/breakout/e2e/test-video-1.mp4"
+    reader = imageio.get_reader(video)
+    frames = reader.count_frames()
+    first, last = reader.get_data(0), reader.get_data(frames - 1)
+    reader.close()
+    assert frames == steps > 10 and first.shape[1] > first.shape[0]  # the frame and its Q-value panel
+    assert (np.abs(first.astype(int) - last.astype(int)) > 40).sum() > 100  # the game moved, not codec noise
+    logged = {a.path for a in client.list_artifacts(test_run.info.run_id, "videos")}
+    assert logged == {"videos/test-video-1.mp4", "videos/test-video-1.gif"}
