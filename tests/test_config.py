@@ -101,5 +101,17 @@ def test_derived_values_are_computed_not_written_back():
 
 
 def test_run_directory_is_stable_per_game_and_name(tmp_path):
-    cfg = compose_config(["env=pong", "name=try1"], tmp_path=tmp_path, to_object=False)
-    assert cfg.paths.runs == f"{tmp_path}/runs"
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF
+
+    def run_dir(*overrides):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="config", return_hydra_config=True,
+                          overrides=[f"paths.root={tmp_path}", *overrides])
+        return cfg.hydra.run.dir
+
+    assert run_dir("env=pong", "name=try1") == f"{tmp_path}/runs/pong/try1"
+    assert run_dir("env=pong", "name=try1", "seed=5") == run_dir("env=pong", "name=try1")  # resumes
+    assert run_dir("env=pong", "name=try2") == f"{tmp_path}/runs/pong/try2"
+    assert run_dir("env=atari", "env.game=ms_pacman") == f"{tmp_path}/runs/ms_pacman/default"
