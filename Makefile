@@ -54,9 +54,12 @@ test-gpu: $(STAMP)
 gpu-check: $(STAMP)
 	$(BIN)/python experiments/gpu_check.py $(ARGS)
 
-## The MLflow UI on the embedded store: http://127.0.0.1:$(PORT)
+## The MLflow UI on the embedded store, in its "Model training" mode (MLflow 3 opens on
+## GenAI traces otherwise): open the address printed for your experiment (its runs and
+## their charts), or http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db \
+	$(BIN)/python -m dqn_jax.ui --root $(CURDIR) --port $(PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db \
 		--default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(PORT)
 
 ## Speed benchmarks: ratios measured side by side in one run.

@@ -251,3 +251,22 @@ def test_sweep_parent_run_id_comes_from_the_environment(monkeypatch):
     assert sweep_parent_run_id() == "abc"
     monkeypatch.setenv(PARENT_RUN_ENV, "")
     assert sweep_parent_run_id() is None
+
+
+def test_the_ui_addresses_open_the_training_runs(root, client, tmp_path, capsys):
+    """MLflow 3's UI opens an experiment on GenAI traces unless told workflowType=machine_learning
+    (checked in headless Chromium: the runs and their charts; see docs/tracking.md)."""
+    from dqn_jax import ui
+
+    tracker = start_tracker(make_cfg(root, logger__experiment="ui-check"), tmp_path, run_name="r")
+    tracker.finish()
+    experiment = client.get_experiment_by_name("ui-check")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert (experiment.experiment_id, "ui-check") in ui.experiments(root / "mlruns.db")
+    assert ui.experiments(tmp_path / "none.db") == []
+    assert ui.main(["--root", str(root), "--port", "5001"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("MLflow UI (training runs): "
+                              "http://127.0.0.1:5001/#/experiments?workflowType=machine_learning\n")
+    assert (f"  ui-check: http://127.0.0.1:5001/#/experiments/{experiment.experiment_id}/runs"
+            "?workflowType=machine_learning&compareRunsMode=CHART\n") in printed
