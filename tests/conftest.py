@@ -16,20 +16,8 @@ from dqn_jax.config import register_configs
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
-# Small enough for a 2-core CPU: a tiny network, a tiny memory, 2 games.
-TINY = [
-    "network.conv_features=[4,8]",
-    "network.conv_kernels=[3,3]",
-    "network.conv_strides=[4,4]",
-    "network.dense=[16]",
-    "memory.size=256",
-    "memory.batch_size=16",
-    "env.num_envs=2",
-    "schedule.max_epochs.start=1",
-    "schedule.max_epochs.end=1",
-    "schedule.replay_fraction.start=0.5",
-    "progress=false",
-]
+# Small enough for a 2-core CPU: conf/debug/tiny.yaml (a tiny network, a tiny memory, 2 games).
+TINY = ["+debug=tiny"]
 
 
 def group_options(group: str) -> list[str]:
