@@ -45,6 +45,7 @@ class Sender:
         self.dropped_metrics = 0  # metric values that never reached the store
         self.send_cpu_seconds = 0.0  # CPU time spent sending: the tracker's cost to a run
         self.down_since: float | None = None  # monotonic time the store went away
+        self._failed_at = 0.0  # monotonic time of the last try that found the store away
         self.unsent_file: Path | None = None  # where kept operations went, if they had to
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # the play loop only puts
         self._pending: collections.deque = collections.deque()  # taken, in order, not yet sent
@@ -96,9 +97,15 @@ class Sender:
                         continue
                 self._pending.append(op)
 
-    def send_pending(self) -> bool:
-        """Send everything pending, in order; False when the store is away (the rest is kept)."""
+    def send_pending(self, only_if_up: bool = False) -> bool:
+        """Send everything pending, in order; False when the store is away (the rest is kept).
+
+        ``only_if_up``: do not try while the store is known to be away (the lock may have
+        been held by a try that just found it away).
+        """
         with self._send_lock:
+            if only_if_up and self.down_since is not None:
+                return False
             started = time.thread_time()
             try:
                 return self._send_all()
@@ -117,6 +124,7 @@ class Sender:
             except Exception as exc:
                 if spool.is_transient(exc):
                     self._went_away(exc)
+                    self._failed_at = time.monotonic()
                     return False
                 self.failed(f"sending {batch[0][0]}", exc, sum(op[0] == "metric" for op in batch))
             else:
@@ -150,7 +158,7 @@ class Sender:
     def flush(self) -> None:
         """Send what is queued now, in the caller's thread; while the store is away, append
         it to the unsent file instead (a crash then loses none of it) and return at once."""
-        if self.down_since is None and self.send_pending():
+        if self.send_pending(only_if_up=True):
             return
         self._take()
         self._spool()
@@ -176,8 +184,10 @@ class Sender:
         self._stop.set()
         self._wake.set()
         self._thread.join()  # bounded: each call it may be in is bounded by the HTTP timeouts
-        if self.send_pending():
+        # one more try, unless one has just failed (a server that hangs costs a whole budget)
+        if time.monotonic() - self._failed_at > RETRY_SECONDS and self.send_pending():
             return
+        self._take()
         self._spool()
         with self._lock:
             left = list(self._pending)

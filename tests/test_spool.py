@@ -96,12 +96,14 @@ def test_outages_lose_no_metric(tmp_path, server):
         rewards = run_dir / "rewards.csv"
         _wait_for(lambda: rewards.exists() and len(_rows(rewards)) >= 20, "episodes")
         server.stop()
+        went = time.monotonic()
         before = len(_rows(rewards))
         time.sleep(OUTAGE_SECONDS)
         assert process.poll() is None and len(_rows(rewards)) > before + 20  # training went on
         server.start()
         _wait_for(lambda: "is back" in output.read_text(), "the sender to see the server back",
                   timeout=RETRY_SECONDS * 6)
+        outage = time.monotonic() - went
         time.sleep(2)
         server.stop()  # outage 2: the server never comes back before the end of the run
         time.sleep(RETRY_SECONDS)
@@ -116,6 +118,8 @@ def test_outages_lose_no_metric(tmp_path, server):
     assert process.returncode == 130, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
     assert ending < 30, f"the run took {ending:.0f} s to end with the server away"
+    print(f"\noutage 1: {outage:.0f} s (server killed to sender seeing it back); "
+          f"run ended {ending:.1f} s after Ctrl-C with the server away")
     assert text.count("does not answer") == 2 and text.count("is back after") == 1, text[-3000:]
     kept_line = [line for line in text.splitlines() if "did not come back" in line]
     assert len(kept_line) == 1 and f"python -m dqn_jax.tracking import {run_dir}" in kept_line[0]
@@ -143,6 +147,8 @@ def test_outages_lose_no_metric(tmp_path, server):
     means = client.get_metric_history(run.info.run_id, "episode/mean30")
     assert {m.step for m in means} == {int(r["states"]) for r in rows}
     assert len(client.get_metric_history(run.info.run_id, "episode/epsilon")) > len(rows) * 0.9
+    print(f"{len(rows)} episodes in rewards.csv, {len(counts)} in episode/count, "
+          f"{len(scores)} values in episode/score")
     assert {"config.yaml", "rewards.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
