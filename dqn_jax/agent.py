@@ -73,8 +73,12 @@ class Player:
             memory = replay.record_decision(memory, states, q_values, actions)
             return memory, key, tracer, actions, epsilon
 
-        self.act = jax.jit(act, donate_argnums=(1,))
+        self._act = jax.jit(act, donate_argnums=(1,))
         self._play = jax.jit(play, donate_argnums=(1, 2))
+
+    def act(self, params, tracer, frames, restart, key, count):
+        """Choose actions (testing): returns (key, tracer, states, q_values, actions, epsilon)."""
+        return self._act(params, tracer, frames, restart, key, _as_count(count))
 
     def play(self, params, memory, tracer, frames, restart, key, count, outcome=None):
         """One training step: returns (memory, key, tracer, actions, epsilon).
@@ -86,7 +90,7 @@ class Player:
         if not pending:
             games = np.shape(frames)[0]
             outcome = (np.zeros(games, np.float32), np.zeros(games, bool), np.zeros(games, bool))
-        return self._play(params, memory, tracer, frames, restart, key, count, outcome, pending)
+        return self._play(params, memory, tracer, frames, restart, key, _as_count(count), outcome, pending)
 
     def start(self, frames):
         """The tracer state for the first frames (None without a motion trace).
@@ -98,6 +102,12 @@ class Player:
             return None
         frames = jnp.asarray(frames)
         return init_tracer(frames, jnp.uint8 if frames.dtype == jnp.uint8 else jnp.float32)
+
+
+def _as_count(states: int) -> np.float32:
+    """A state count for the signals inside jitted code: a float, since JAX's int32 would
+    overflow past 2**31 states (exact to 2**24, then to within 1 part in 2**24)."""
+    return np.float32(states)
 
 
 def sweep_method(method: str) -> str:
@@ -115,7 +125,7 @@ def rows_before_learning(replay_fraction, count_states: int, steps: int, games: 
     as the tutorial's check after every state, without a device call per step.
     """
     rows = np.arange(1, steps + 1)
-    fraction = np.asarray(replay_fraction(jnp.asarray(count_states + rows * games)))
+    fraction = np.asarray(replay_fraction(jnp.asarray(count_states + rows * games, jnp.float32)))
     over = np.flatnonzero(rows / steps > fraction)
     return int(rows[over[0]]) if over.size else steps
 

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from dqn_jax import agent, display, pictures, resources, resume, sweeps, tracking
 from dqn_jax.checkpoints import Checkpointer
-from dqn_jax.config import ConfigError, num_envs
+from dqn_jax.config import ConfigError, memory_steps, num_envs
 from dqn_jax.envs import make_games
 from dqn_jax.faults import FAILURE_TAG, Diverged
 from dqn_jax.learner import create_train_state, describe_device, make_learner, make_optimizer
@@ -61,6 +61,10 @@ def run_train(cfg, run_dir: Path):
         resources.check_fits(cfg.memory, games.num_envs, _need(cfg, games))
         parts = Parts(cfg, games, cfg.seed)
         print(f"training on {describe_device()}", flush=True)
+        held = memory_steps(cfg.memory, games.num_envs) * games.num_envs
+        if held != cfg.memory.size:
+            print(f"memory.size={cfg.memory.size} holds {held} states: a whole number of rows of "
+                  f"{games.num_envs} games")
         checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep)
         train_state, key, counters = _resume(cfg, run_dir, parts, checkpointer)
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from dqn_jax import memory as replay
 from dqn_jax.agent import Player, state_spec, sweep_method
@@ -104,3 +105,16 @@ def test_sweep_method_auto_resolves_by_backend():
     expected = "scan" if jax.default_backend() == "cpu" else "associative"
     assert sweep_method("auto") == expected
     assert sweep_method("scan") == "scan" and sweep_method("associative") == "associative"
+
+
+def test_the_state_count_goes_past_2_to_the_31_without_overflow():
+    """The tutorial's runs count 10^8 states and longer runs pass int32's 2**31."""
+    from dqn_jax.schedules import linear_signal
+
+    network = make_network(NetworkConfig(name="mlp", dense=[4]), 2)
+    params = network.init(jax.random.PRNGKey(0), np.zeros((1, 4), np.float32))
+    player = Player(network, EnvConfig(kind="gymnasium", motion_trace=False), linear_signal(1.0, 0.1, 1e9))
+    frames, restart = np.zeros((2, 4), np.float32), np.ones(2, bool)
+    for count, expected in ((0, 1.0), (500_000_000, 0.55), (3_000_000_000, 0.1), (5_000_000_000, 0.1)):
+        *_, epsilon = player.act(params, None, frames, restart, jax.random.PRNGKey(1), count)
+        assert float(epsilon) == pytest.approx(expected, rel=1e-6), count

@@ -44,12 +44,13 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def test_divergence_stops_the_run_failed_and_keeps_the_last_good_checkpoint(tmp_path):
-    good = run_app([*TINY, "steps=300", "name=div"], cwd=tmp_path)
+    good = run_app([*TINY, "steps=300", "name=div", "memory.size=257"], cwd=tmp_path)
     assert good.returncode == 0, good.stderr[-3000:]
+    assert "memory.size=257 holds 256 states: a whole number of rows of 2 games" in good.stdout
     checkpoints = tmp_path / "runs" / "breakout" / "div" / "checkpoints"
     before = steps_of(checkpoints)
     diverging = ["schedule.learning_rate.start=1e30", "schedule.learning_rate.end=1e30"]
-    result = run_app([*TINY, "steps=2000", "name=div", *diverging], cwd=tmp_path)
+    result = run_app([*TINY, "steps=2000", "name=div", "memory.size=257", *diverging], cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
