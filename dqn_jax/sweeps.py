@@ -118,6 +118,7 @@ class SweepParentCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        _check_store(config)
         if config.logger.name != "none":
             _close_killed_launch(config, tracking.read_run_id(sweep_dir))
         if config.logger.name == "none" or os.environ.get(PARENT_RUN_ENV):
@@ -272,6 +273,19 @@ class SweepParentCallback(Callback):
         if parent_id:
             status = f"FAILED: {_error_line(error)}" if failed else "COMPLETED"
             client.set_tag(parent_id, f"{JOB_TAG}{config.hydra.job.num}", _cut(status))
+
+
+def _check_store(config: DictConfig) -> None:
+    """A store that cannot be used ends the sweep before any job, in one line, status 2
+    (Hydra turns a callback's exception into a warning and goes on, so exit here)."""
+    from dqn_jax.config import ConfigError
+
+    try:
+        tracking.check_store(config)
+    except ConfigError as err:
+        held = type(sys.stderr).__name__ == "_HeldStderr"  # dqn_jax.__main__ adds the prefix
+        print(str(err) if held else f"dqn_jax: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _close_killed_launch(config: DictConfig, parent_id: str | None) -> None:

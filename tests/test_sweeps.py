@@ -359,3 +359,63 @@ def test_a_killed_launch_is_closed_killed_by_its_relaunch(tmp_path):
     (child,) = client.search_runs([new_parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{new_parent.info.run_id}'")
     assert child.info.status == "FINISHED" and child.info.run_name == "seed=5"
+
+
+def _episode_figures(client, children, sweep_dir: Path) -> tuple[int, int, int]:
+    """(episode metric values logged: 4 per row of the jobs' rewards.csv, those MLflow keeps,
+    those in the store). MLflow keeps one of two equal values logged at the same step and
+    millisecond: two games ending together with the same score (or epsilon, always)."""
+    import csv
+
+    sent = kept = received = 0
+    for run in children:
+        job_dir = sweep_dir / run.data.tags["dqn_jax.job_num"]
+        with open(job_dir / "rewards.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        counts = client.get_metric_history(run.info.run_id, "episode/count")
+        assert sorted(m.value for m in counts) == [float(r["episode"]) for r in rows], job_dir
+        scores = client.get_metric_history(run.info.run_id, "episode/score")
+        assert {(m.step, m.value) for m in scores} == {(int(r["states"]), float(r["reward"])) for r in rows}
+        sent += 4 * len(rows)
+        kept += len(rows) + len({(r["states"], r["reward"]) for r in rows}) + len({r["states"] for r in rows}) \
+            + len({(r["states"], r["mean30"]) for r in rows})
+        received += sum(len(client.get_metric_history(run.info.run_id, key))
+                        for key in ("episode/count", "episode/score", "episode/mean30", "episode/epsilon"))
+    return sent, kept, received
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["sqlite", "server"])
+def test_four_parallel_jobs_lose_no_metric(tmp_path, store, request):
+    """Four local_parallel jobs at once, each sending every 50 ms, to the embedded SQLite
+    store or to a real mlflow server: every episode arrives, no "database is locked"."""
+    extra, client = [], client_for(tmp_path)
+    if store == "server":
+        url, _ = request.getfixturevalue("mlflow_server")
+        extra, client = [f"logger.tracking_uri={url}"], MlflowClient(url)
+    sweep_dir = tmp_path / "sweep"
+    result = run_app([*CART, "steps=3000", "logger.flush_seconds=0.05", *extra, MULTIRUN,
+                      "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=4", f"hydra.sweep.dir={sweep_dir}",
+                      "seed=0,1,2,3"], cwd=tmp_path)
+    assert_ok(result)
+    output = result.stdout + result.stderr
+    assert "database is locked" not in output and "does not answer" not in output, output[-3000:]
+    assert "logging calls failed" not in output, output[-3000:]
+    parent, children = sweep_runs(client)
+    assert parent.info.status == "FINISHED" and len(children) == 4
+    assert all(r.info.status == "FINISHED" for r in children)
+    sent, kept, received = _episode_figures(client, children, sweep_dir)
+    print(f"\n{store}: 4 jobs, {sent} episode metric values logged, {kept} distinct, {received} in the store")
+    assert received == kept
+
+
+def test_a_sweep_with_an_unreachable_store_stops_before_any_job(tmp_path):
+    url = f"http://127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    result = run_app([*CART, MULTIRUN, f"logger.tracking_uri={url}", "seed=0,1"], cwd=tmp_path)
+    seconds = time.monotonic() - started
+    assert result.returncode == 2 and seconds < 30, (result.returncode, seconds)
+    assert result.stderr.strip().splitlines() == [
+        f"dqn_jax: error: cannot reach the MLflow tracking server at {url} (connection refused); "
+        "start it or use logger.tracking_uri=null for the embedded store, or logger=none"]
+    assert list(tmp_path.iterdir()) == []  # no sweep directory, no job
