@@ -75,6 +75,9 @@ class NetworkConfig:
     dense: list[int] = field(default_factory=lambda: [1024, 1024, 1024, 1024])
     init_stddev: float = 0.02  # truncated-normal initialiser; <= 0 means Flax's default
     dtype: str = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
+    # uint8 pixels into the network: "unit" divides by 255 ([0, 1]); "raw" keeps 0-255, as
+    # the tutorial fed them (its small initial weights were chosen for that scale)
+    input_scale: str = "unit"
 
 
 @dataclass
@@ -155,6 +158,7 @@ CHOICES = {
     "memory.sweep": ("auto", "associative", "scan"),
     "network.name": ("hvass", "nature", "mlp"),
     "network.dtype": ("float32", "bfloat16"),
+    "network.input_scale": ("unit", "raw"),
     "logger.name": ("mlflow", "none"),
     "test_checkpoints": ("latest", "all"),
 }

@@ -7,8 +7,9 @@ Three shapes, chosen by ``config.NetworkConfig.name``:
 * ``nature``: a Nature-DQN style CNN (VALID padding), layer sizes from the config;
 * ``mlp``: dense layers only, for vector observations such as CartPole's.
 
-Images arrive as uint8 and are scaled to [0, 1] inside the network, so the replay
-memory never holds a float copy. ``dtype`` sets the compute precision; parameters are
+Images arrive as uint8 and become floats inside the network, so the replay memory
+never holds a float copy. ``input_scale`` says how: "unit" divides them by 255 (values
+in [0, 1], the usual choice and the default), "raw" keeps 0-255 as the tutorial fed them. ``dtype`` sets the compute precision; parameters are
 kept in float32 and the Q-values are always returned as float32.
 """
 
@@ -31,10 +32,13 @@ def _kernel_init(stddev: float):
     return nn.linear.default_kernel_init
 
 
-def _prepare_input(x: jax.Array, dtype) -> jax.Array:
-    """uint8 images become [0, 1] floats; float inputs are used as they are."""
+INPUT_SCALES = {"unit": 1.0 / 255.0, "raw": 1.0}  # what uint8 pixels are multiplied by
+
+
+def _prepare_input(x: jax.Array, dtype, input_scale: str) -> jax.Array:
+    """uint8 images become floats (scaled by ``INPUT_SCALES``); float inputs are used as they are."""
     if jnp.issubdtype(x.dtype, jnp.integer):
-        return x.astype(dtype) * jnp.asarray(1.0 / 255.0, dtype)
+        return x.astype(dtype) * jnp.asarray(INPUT_SCALES[input_scale], dtype)
     return x.astype(dtype)
 
 
@@ -56,13 +60,14 @@ class _ConvQNetwork(nn.Module):
     dense: tuple[int, ...] = (1024, 1024, 1024, 1024)
     init_stddev: float = 0.02
     dtype: str = "float32"
+    input_scale: str = "unit"
     padding = "SAME"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = _DTYPES[self.dtype]
         init = _kernel_init(self.init_stddev)
-        x = _prepare_input(x, dtype)
+        x = _prepare_input(x, dtype, self.input_scale)
         for features, kernel, stride in zip(
             self.conv_features, self.conv_kernels, self.conv_strides, strict=True
         ):
@@ -99,11 +104,12 @@ class MLPQNetwork(nn.Module):
     dense: tuple[int, ...] = (64, 64)
     init_stddev: float = 0.0
     dtype: str = "float32"
+    input_scale: str = "unit"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = _DTYPES[self.dtype]
-        x = _prepare_input(x, dtype).reshape((x.shape[0], -1))
+        x = _prepare_input(x, dtype, self.input_scale).reshape((x.shape[0], -1))
         return _dense_stack(x, self.dense, self.num_actions, _kernel_init(self.init_stddev), dtype)
 
 
@@ -119,6 +125,7 @@ def make_network(cfg, num_actions: int) -> nn.Module:
         dense=_ints(cfg.dense),
         init_stddev=float(cfg.init_stddev),
         dtype=str(cfg.dtype),
+        input_scale=str(cfg.input_scale),
     )
     if cfg.dtype not in _DTYPES:
         raise ValueError(f"network dtype {cfg.dtype!r} is not one of {sorted(_DTYPES)}")

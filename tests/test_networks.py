@@ -132,3 +132,21 @@ def test_bfloat16_output_rounds_like_bfloat16_and_stays_float32():
 def test_unknown_network_name():
     with pytest.raises(ValueError, match="unknown network"):
         make_network(NetworkConfig(name="resnet"), num_actions=2)
+
+
+def test_input_scale_raw_feeds_pixels_as_the_tutorial_did():
+    """"unit" divides uint8 pixels by 255; "raw" keeps 0-255 (float input is used as given)."""
+    import numpy as np
+
+    from dqn_jax.config import NetworkConfig
+    from dqn_jax.networks import make_network
+
+    small = dict(conv_features=[4], conv_kernels=[3], conv_strides=[4], dense=[8])
+    unit = make_network(NetworkConfig(**small), 3)
+    raw = make_network(NetworkConfig(**small, input_scale="raw"), 3)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 105, 80, 2), dtype=np.uint8)
+    params = unit.init(jax.random.PRNGKey(0), pixels)
+    as_float = pixels.astype(np.float32)
+    np.testing.assert_allclose(raw.apply(params, pixels), unit.apply(params, as_float), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(unit.apply(params, pixels), raw.apply(params, as_float / 255), rtol=1e-4, atol=1e-8)
+    assert not np.allclose(raw.apply(params, pixels), unit.apply(params, pixels))
