@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dqn_jax import memory as mem
+from dqn_jax import memory as replay
 
 
 def make_optimizer(decay: float = 0.9, eps: float = 1e-10, initial_scale: float = 1.0):
@@ -147,8 +147,8 @@ class Learner:
         """Sample an error-split batch, take one update step, record the loss."""
         ts, key, i, ring, _ = carry
         key, sample_key = jax.random.split(key)
-        idx = mem.sample_batch(sample_key, plan, self.batch_size)
-        states, targets = mem.gather_batch(memory, idx)
+        idx = replay.sample_batch(sample_key, plan, self.batch_size)
+        states, targets = replay.gather_batch(memory, idx)
         ts, loss = self._step(ts, states, targets, learning_rate)
         ring = ring.at[i % self.loss_window].set(loss)
         i = i + 1
@@ -179,7 +179,7 @@ class Learner:
 
     def _plan(self, memory):
         """The cycle's error split, made once per optimise: each batch then costs O(batch)."""
-        return mem.prepare_sampling(memory.errors.reshape(-1), mem.used_rows_mask(memory).reshape(-1),
+        return replay.prepare_sampling(memory.errors.reshape(-1), replay.used_rows_mask(memory).reshape(-1),
                                     self.error_threshold, self.min_high_share, self.batch_size)
 
     def iteration_limits(self, used_states: int, min_epochs: float, max_epochs: float):
@@ -189,7 +189,7 @@ class Learner:
         max_iters = max(min_iters, int(per_epoch * max_epochs))
         return per_epoch, min_iters, max_iters
 
-    def optimise(self, train_state: TrainState, memory: mem.ReplayMemory, key, *, learning_rate,
+    def optimise(self, train_state: TrainState, memory: replay.ReplayMemory, key, *, learning_rate,
                  loss_limit, max_epochs, min_epochs: float = 1.0,
                  progress: Callable[[int, int, float], None] | None = None,
                  stop: Callable[[], bool] | None = None):

@@ -27,17 +27,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dqn_jax import learner as L  # noqa: E402
-from dqn_jax import memory as M  # noqa: E402
+from dqn_jax import memory as replay  # noqa: E402
 from dqn_jax.config import NetworkConfig  # noqa: E402
 from dqn_jax.networks import count_params, make_network  # noqa: E402
 
 STATE_SHAPE = (105, 80, 2)
 
 
-def _random_sweep_memory(steps: int, games: int, actions: int, seed: int = 0) -> M.ReplayMemory:
+def _random_sweep_memory(steps: int, games: int, actions: int, seed: int = 0) -> replay.ReplayMemory:
     # The sweep never reads the states, so a one-byte state keeps the benchmark's memory small.
     rng = np.random.default_rng(seed)
-    memory = M.init_memory(steps, games, (1,), jnp.uint8, actions)
+    memory = replay.init_memory(steps, games, (1,), jnp.uint8, actions)
     return memory.replace(
         q_values=jnp.asarray(rng.normal(size=(steps, games, actions)), jnp.float32),
         actions=jnp.asarray(rng.integers(0, actions, (steps, games)), jnp.int32),
@@ -89,13 +89,13 @@ def bench_sweep(steps: int = 25_000, games: int = 8, actions: int = 4, python_ro
     for method in ("scan", "associative"):
         swept = jax.tree_util.tree_map(jnp.copy, memory)  # the sweep donates its input
         start = time.perf_counter()
-        swept, stats = M.sweep(swept, 0.97, method)
+        swept, stats = replay.sweep(swept, 0.97, method)
         jax.block_until_ready(stats)
         result[f"{method}_compile_s"] = time.perf_counter() - start
 
         def run(method=method):
             nonlocal swept
-            swept, stats = M.sweep(swept, 0.97, method)  # sweeping again costs the same
+            swept, stats = replay.sweep(swept, 0.97, method)  # sweeping again costs the same
             jax.block_until_ready((swept.q_values, stats))
 
         result[f"{method}_s"] = _best_time(run, repeats)
@@ -142,7 +142,7 @@ def bench_optimise(batch_size: int = 128, iterations: int = 10, games: int = 8, 
     _, state, learner = _hvass_learner(num_actions, batch_size, chunk=max(1, iterations), loop=loop,
                                        dtype=dtype, network_cfg=network_cfg)
     rng = np.random.default_rng(1)
-    memory = M.init_memory(rows, games, STATE_SHAPE, jnp.uint8, num_actions)
+    memory = replay.init_memory(rows, games, STATE_SHAPE, jnp.uint8, num_actions)
     memory = memory.replace(
         states=jnp.asarray(rng.integers(0, 256, memory.states.shape), jnp.uint8),
         q_values=jnp.asarray(rng.normal(size=memory.q_values.shape), jnp.float32),
@@ -205,8 +205,8 @@ def bench_sampler(states: int = 200_000, batch_size: int = 128, batches: int = 2
         return run
 
     old = looped(lambda k, e, u: old_sample_indices(k, e, u, 0.1, 0.5, batch_size))
-    new = looped(lambda k, plan: M.sample_batch(k, plan, batch_size))
-    prepare = jax.jit(M.prepare_sampling, static_argnums=4)
+    new = looped(lambda k, plan: replay.sample_batch(k, plan, batch_size))
+    prepare = jax.jit(replay.prepare_sampling, static_argnums=4)
     plan = prepare(errors, used, 0.1, 0.5, batch_size)
     key = jax.random.key(0)
     old(key, errors, used).block_until_ready()
@@ -240,7 +240,7 @@ def bench_dtypes(batch_size: int = 128, steps: int = 3, rounds: int = 3, num_act
 def memory_bytes_per_state(state_shape=STATE_SHAPE, num_actions: int = 4, size: int = 200_000,
                            games: int = 8) -> dict:
     """Bytes the replay memory holds per state (shapes only; nothing is allocated)."""
-    shapes = jax.eval_shape(lambda: M.init_memory(size // games, games, state_shape, jnp.uint8, num_actions))
+    shapes = jax.eval_shape(lambda: replay.init_memory(size // games, games, state_shape, jnp.uint8, num_actions))
     total = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(shapes))
     states = (size // games) * games
     return {"bytes_per_state": total / states, "total_gb": total / 1e9, "states": states}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dqn_jax import learner as L
-from dqn_jax import memory as M
+from dqn_jax import memory as replay
 from dqn_jax.config import NetworkConfig
 from dqn_jax.networks import compute_dtypes, make_network
 from tests.test_learner import linear_network, new_state, toy_memory
@@ -70,7 +70,7 @@ def test_associative_sweep_on_the_gpu_matches_the_reference(gpu, count):
     done = np.asarray(memory.end_life | memory.end_episode)
     want_q, want_err = reference_sweep(np.asarray(memory.q_values), np.asarray(memory.actions),
                                        np.asarray(memory.rewards), done, count, 0.97)
-    swept, stats = M.sweep(on(gpu, memory), 0.97, "associative")
+    swept, stats = replay.sweep(on(gpu, memory), 0.97, "associative")
     assert swept.q_values.devices() == {gpu}
     np.testing.assert_allclose(swept.q_values, want_q, atol=1e-4)
     np.testing.assert_allclose(swept.errors[:count], want_err[:count], atol=1e-4)
@@ -83,8 +83,8 @@ def test_sampler_on_the_gpu_draws_the_cpus_batches(gpu, cpu):
     errors = jnp.asarray(rng.exponential(0.1, 200_000), jnp.float32)
     used = jnp.asarray(np.arange(200_000) < 150_000)
     keys = jax.random.split(jax.random.key(3), 64)
-    draw = jax.jit(jax.vmap(M.sample_batch, in_axes=(0, None, None)), static_argnums=2)
-    prepare = jax.jit(M.prepare_sampling, static_argnums=4)
+    draw = jax.jit(jax.vmap(replay.sample_batch, in_axes=(0, None, None)), static_argnums=2)
+    prepare = jax.jit(replay.prepare_sampling, static_argnums=4)
     out = []
     for where in (gpu, cpu):
         plan = prepare(on(where, errors), on(where, used), 0.1, 0.5, 128)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dqn_jax import learner as L
-from dqn_jax import memory as M
+from dqn_jax import memory as replay
 from dqn_jax.networks import MLPQNetwork
 
 OBS, ACTIONS = 4, 3
@@ -25,7 +25,7 @@ def toy_memory(steps=40, games=4, count=40, seed=0, learnable=True):
     targets = states @ w_true if learnable else np.ones((steps, games, ACTIONS), np.float32)
     if not learnable:
         states[:] = 1.0
-    memory = M.init_memory(steps, games, (OBS,), jnp.float32, ACTIONS)
+    memory = replay.init_memory(steps, games, (OBS,), jnp.float32, ACTIONS)
     return memory.replace(
         states=jnp.asarray(states), q_values=jnp.asarray(targets), count=jnp.int32(count),
         errors=jnp.asarray(rng.random((steps, games)), jnp.float32),

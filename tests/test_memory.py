@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dqn_jax import memory as M
+from dqn_jax import memory as replay
 
 
 def reference_sweep(q, actions, rewards, done, count, discount):
@@ -23,7 +23,7 @@ def reference_sweep(q, actions, rewards, done, count, discount):
 
 
 def random_memory(rng, steps, games, actions, count, terminal_p=0.1):
-    memory = M.init_memory(steps, games, (2,), jnp.uint8, actions)
+    memory = replay.init_memory(steps, games, (2,), jnp.uint8, actions)
     return memory.replace(
         states=jnp.asarray(rng.integers(0, 256, (steps, games, 2)), jnp.uint8),
         q_values=jnp.asarray(rng.normal(size=(steps, games, actions)), jnp.float32),
@@ -45,11 +45,11 @@ def copy(memory):
 
 
 def test_add_reset_and_count():
-    memory = M.init_memory(3, 2, (4, 4, 2), jnp.uint8, 5)
+    memory = replay.init_memory(3, 2, (4, 4, 2), jnp.uint8, 5)
     assert (memory.steps, memory.num_games, memory.capacity, memory.num_actions) == (3, 2, 6, 5)
     assert memory.states.dtype == jnp.uint8 and memory.q_values.dtype == jnp.float32
     for t in range(2):
-        memory = M.add_jit(
+        memory = replay.add_jit(
             memory, jnp.full((2, 4, 4, 2), t + 1, jnp.uint8), jnp.full((2, 5), 0.5 * t),
             jnp.array([1, 2]), jnp.array([3.0, -0.25]), jnp.array([False, True]),
             jnp.array([True, False]),
@@ -61,14 +61,14 @@ def test_add_reset_and_count():
     np.testing.assert_array_equal(memory.end_life[0], [False, True])
     np.testing.assert_array_equal(memory.end_episode[0], [True, False])
     assert int(memory.states[2].max()) == 0  # untouched row
-    memory = M.reset(memory)
+    memory = replay.reset(memory)
     assert int(memory.count) == 0 and memory.states.shape == (3, 2, 4, 4, 2)
 
 
 def test_add_to_full_memory_writes_nothing():
-    memory = M.init_memory(2, 1, (1,), jnp.float32, 2)
+    memory = replay.init_memory(2, 1, (1,), jnp.float32, 2)
     for value in (1.0, 2.0, 3.0):
-        memory = M.add(memory, jnp.full((1, 1), value), jnp.zeros((1, 2)), jnp.zeros(1, jnp.int32),
+        memory = replay.add(memory, jnp.full((1, 1), value), jnp.zeros((1, 2)), jnp.zeros(1, jnp.int32),
                        jnp.array([5.0]), jnp.zeros(1, bool), jnp.zeros(1, bool), reward_clip=2.0)
     assert int(memory.count) == 2
     np.testing.assert_array_equal(memory.states[:, 0, 0], [1.0, 2.0])
@@ -76,15 +76,15 @@ def test_add_to_full_memory_writes_nothing():
 
 
 def test_a_row_written_in_two_halves():
-    memory = M.init_memory(3, 2, (2,), jnp.uint8, 3)
+    memory = replay.init_memory(3, 2, (2,), jnp.uint8, 3)
     # No open row: the outcome is not written and count stays.
-    memory = M.record_outcome(memory, jnp.array([1.0, 1.0]), jnp.ones(2, bool), jnp.ones(2, bool), pending=False)
+    memory = replay.record_outcome(memory, jnp.array([1.0, 1.0]), jnp.ones(2, bool), jnp.ones(2, bool), pending=False)
     assert int(memory.count) == 0 and not bool(memory.end_life.any()) and float(memory.rewards.sum()) == 0.0
-    memory = M.record_decision(memory, jnp.full((2, 2), 9, jnp.uint8), jnp.ones((2, 3)), jnp.array([2, 1]))
+    memory = replay.record_decision(memory, jnp.full((2, 2), 9, jnp.uint8), jnp.ones((2, 3)), jnp.array([2, 1]))
     assert int(memory.count) == 0  # decided, still open
     np.testing.assert_array_equal(memory.states[0], [[9, 9], [9, 9]])
     np.testing.assert_array_equal(memory.actions[0], [2, 1])
-    memory = M.record_outcome_jit(memory, jnp.array([-3.0, 0.5]), jnp.array([True, False]),
+    memory = replay.record_outcome_jit(memory, jnp.array([-3.0, 0.5]), jnp.array([True, False]),
                                   jnp.array([False, False]), 1.0)
     assert int(memory.count) == 1
     np.testing.assert_array_equal(memory.rewards[0], [-1.0, 0.5])
@@ -97,13 +97,13 @@ def test_a_row_written_in_two_halves():
 def test_tutorial_worked_example():
     # NOOP (action 0) in state t estimated at 2.9; the step scores 4 points, stored as 1;
     # the best Q-value of state t+1 is 1.83; the new estimate is 1 + 0.97 * 1.83 = 2.7751.
-    memory = M.init_memory(2, 1, (1,), jnp.uint8, 4)
-    memory = M.add(memory, jnp.zeros((1, 1)), jnp.array([[2.9, 0.5, 1.0, 2.0]]), jnp.array([0]),
+    memory = replay.init_memory(2, 1, (1,), jnp.uint8, 4)
+    memory = replay.add(memory, jnp.zeros((1, 1)), jnp.array([[2.9, 0.5, 1.0, 2.0]]), jnp.array([0]),
                    jnp.array([4.0]), jnp.array([False]), jnp.array([False]))
-    memory = M.add(memory, jnp.zeros((1, 1)), jnp.array([[1.83, 0.2, 1.1, -0.3]]), jnp.array([2]),
+    memory = replay.add(memory, jnp.zeros((1, 1)), jnp.array([[1.83, 0.2, 1.1, -0.3]]), jnp.array([2]),
                    jnp.array([0.0]), jnp.array([False]), jnp.array([False]))
     for method in ("scan", "associative"):
-        swept, _ = M.sweep(copy(memory), 0.97, method)
+        swept, _ = replay.sweep(copy(memory), 0.97, method)
         assert float(swept.q_values[0, 0, 0]) == pytest.approx(2.7751, abs=1e-5)
         assert float(swept.errors[0, 0]) == pytest.approx(2.9 - 2.7751, abs=1e-5)
         np.testing.assert_allclose(swept.q_values[0, 0, 1:], [0.5, 1.0, 2.0])
@@ -119,7 +119,7 @@ def test_sweep_matches_reference(method, count):
     done = np.asarray(memory.end_life | memory.end_episode)
     want_q, want_err = reference_sweep(np.asarray(memory.q_values), np.asarray(memory.actions),
                                        np.asarray(memory.rewards), done, count, 0.97)
-    swept, stats = M.sweep(copy(memory), 0.97, method)
+    swept, stats = replay.sweep(copy(memory), 0.97, method)
     np.testing.assert_allclose(swept.q_values, want_q, atol=1e-5)
     np.testing.assert_allclose(swept.errors[:count], want_err[:count], atol=1e-5)
     np.testing.assert_array_equal(swept.errors[count:], 7.0)  # rows >= count left alone
@@ -143,26 +143,26 @@ def test_long_chain_without_terminals(method):
     done = np.zeros((64, 3), bool)
     want_q, _ = reference_sweep(np.asarray(memory.q_values), np.asarray(memory.actions),
                                 np.asarray(memory.rewards), done, 64, 0.999)
-    swept, _ = M.sweep(copy(memory), 0.999, method)
+    swept, _ = replay.sweep(copy(memory), 0.999, method)
     np.testing.assert_allclose(swept.q_values, want_q, atol=1e-4)
 
 
 def test_sweep_compiles_once_for_every_fill_level():
     rng = np.random.default_rng(1)
-    before = M.sweep_cache_sizes()
+    before = replay.sweep_cache_sizes()
     for count in (3, 11, 17):
-        M.sweep(random_memory(rng, 17, 2, 3, count), 0.97, "associative")
-    grown = {k: v - before[k] for k, v in M.sweep_cache_sizes().items()}
+        replay.sweep(random_memory(rng, 17, 2, 3, count), 0.97, "associative")
+    grown = {k: v - before[k] for k, v in replay.sweep_cache_sizes().items()}
     assert grown["prepare"] <= 1 and grown["write_targets"] <= 1 and grown["row_max_associative"] <= 1
     assert grown["row_max_scan"] == 0
 
 
 # -------------------------------------------------------------------- sampling
 
-prepare = jax.jit(M.prepare_sampling, static_argnums=4)
-sample = jax.jit(M.sample_batch, static_argnums=2)
+prepare = jax.jit(replay.prepare_sampling, static_argnums=4)
+sample = jax.jit(replay.sample_batch, static_argnums=2)
 # Many batches at once, one key each: the statistical tests need thousands.
-sample_many = jax.jit(jax.vmap(M.sample_batch, in_axes=(0, None, None)), static_argnums=2)
+sample_many = jax.jit(jax.vmap(replay.sample_batch, in_axes=(0, None, None)), static_argnums=2)
 
 
 PAD = 1024  # memories up to this size are padded with unused states: one compilation serves all
@@ -334,10 +334,10 @@ def test_memory_smaller_than_batch_repeats_evenly():
 
 
 def test_gather_batch_flat_index():
-    memory = M.init_memory(3, 2, (1,), jnp.uint8, 2)
+    memory = replay.init_memory(3, 2, (1,), jnp.uint8, 2)
     memory = memory.replace(states=jnp.arange(6, dtype=jnp.uint8).reshape(3, 2, 1),
                             q_values=jnp.arange(12, dtype=jnp.float32).reshape(3, 2, 2))
-    states, targets = M.gather_batch(memory, jnp.array([5, 0, 3]))
+    states, targets = replay.gather_batch(memory, jnp.array([5, 0, 3]))
     assert states.dtype == jnp.uint8
     np.testing.assert_array_equal(states[:, 0], [5, 0, 3])  # flat index = t * games + game
     np.testing.assert_array_equal(targets, [[10, 11], [0, 1], [6, 7]])
