@@ -152,6 +152,7 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
 
 
+SIGNALS = ("epsilon", "learning_rate", "loss_limit", "max_epochs", "replay_fraction")
 CHOICES = {
     "mode": ("train", "test"),
     "env.kind": ("atari", "gymnasium"),
@@ -180,43 +181,27 @@ def _get(cfg, dotted: str):
     return cfg
 
 
+POSITIVE = ("memory.size", "memory.batch_size", "memory.reward_clip", "env.frameskip", "env.height",
+            "env.width", "checkpoint.keep", "env.num_envs", "episodes", "video_episodes", "steps",
+            "schedule.min_epochs", "schedule.loss_window", "logger.flush_seconds",
+            "schedule.rmsprop_initial_scale",
+            *(f"schedule.{name}.span" for name in SIGNALS))
+NOT_NEGATIVE = ("memory.error_threshold", "schedule.rmsprop_eps", "test_episodes_after_training",
+                "env.trace_threshold",
+                *(f"schedule.{name}.{end}" for name in SIGNALS for end in ("start", "end")))
+UNIT_INTERVAL = ("memory.discount", "memory.min_high_error_share", "env.repeat_action_probability",
+                 "env.trace_decay", "schedule.epsilon_test", "schedule.rmsprop_decay",
+                 "schedule.epsilon.start", "schedule.epsilon.end", "schedule.replay_fraction.start",
+                 "schedule.replay_fraction.end")
+
+
 def validate(cfg) -> None:
     """Check what the types cannot; raise ConfigError with a one-line message."""
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
-
-    def positive(key: str, allow_zero: bool = False) -> None:
-        value = _get(cfg, key)
-        if value is None:
-            return
-        if value < 0 or (value == 0 and not allow_zero):
-            bound = ">= 0" if allow_zero else "> 0"
-            raise ConfigError(f"{key}={value} is out of range; it must be {bound}")
-
-    def unit_interval(key: str) -> None:
-        value = _get(cfg, key)
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{key}={value} is out of range; it must be in [0, 1]")
-
-    for key in ("memory.size", "memory.batch_size", "memory.reward_clip", "env.frameskip",
-                "env.height", "env.width", "checkpoint.keep", "env.num_envs", "episodes", "video_episodes",
-                "steps", "schedule.min_epochs", "schedule.loss_window", "logger.flush_seconds",
-                "schedule.rmsprop_initial_scale"):
-        positive(key)
-    for key in ("memory.error_threshold", "schedule.rmsprop_eps", "test_episodes_after_training",
-                "env.trace_threshold"):
-        positive(key, allow_zero=True)
-    for key in ("memory.discount", "memory.min_high_error_share", "env.repeat_action_probability",
-                "env.trace_decay", "schedule.epsilon_test", "schedule.rmsprop_decay",
-                "schedule.epsilon.start", "schedule.epsilon.end", "schedule.replay_fraction.start",
-                "schedule.replay_fraction.end"):
-        unit_interval(key)
-    for name in ("epsilon", "learning_rate", "loss_limit", "max_epochs", "replay_fraction"):
-        positive(f"schedule.{name}.span")
-        positive(f"schedule.{name}.start", allow_zero=True)
-        positive(f"schedule.{name}.end", allow_zero=True)
+    _check_ranges(cfg)
     if cfg.schedule.max_epochs.start < cfg.schedule.min_epochs or (
         cfg.schedule.max_epochs.end < cfg.schedule.min_epochs
     ):
@@ -224,21 +209,7 @@ def validate(cfg) -> None:
             f"schedule.max_epochs (start {cfg.schedule.max_epochs.start}, end "
             f"{cfg.schedule.max_epochs.end}) must not be below schedule.min_epochs={cfg.schedule.min_epochs}"
         )
-    net = cfg.network
-    if net.name != "mlp" and not len(net.conv_features) == len(net.conv_kernels) == len(net.conv_strides):
-        raise ConfigError(
-            "network.conv_features, network.conv_kernels and network.conv_strides must have the "
-            f"same length (got {len(net.conv_features)}, {len(net.conv_kernels)}, {len(net.conv_strides)})"
-        )
-    if any(int(v) <= 0 for v in [*net.conv_features, *net.conv_kernels, *net.conv_strides, *net.dense]):
-        raise ConfigError("network layer sizes, kernels and strides must all be > 0")
-    if cfg.env.kind == "gymnasium" and net.name != "mlp":
-        raise ConfigError(
-            f"network={net.name} needs image frames; env.kind=gymnasium gives vector observations, "
-            "so use network=mlp"
-        )
-    if cfg.env.kind == "atari" and net.name == "mlp":
-        raise ConfigError("network=mlp takes vector observations; env.kind=atari needs hvass or nature")
+    _check_network(cfg.network, cfg.env.kind)
     games = num_envs(cfg.env)
     if cfg.memory.size < 2 * games:
         raise ConfigError(
@@ -252,6 +223,35 @@ def validate(cfg) -> None:
         )
     if cfg.render and cfg.video:
         raise ConfigError("render=true and video=true cannot be combined; choose one")
+
+
+def _check_ranges(cfg) -> None:
+    for key in (*POSITIVE, *NOT_NEGATIVE):
+        value = _get(cfg, key)
+        if value is not None and (value < 0 or (value == 0 and key in POSITIVE)):
+            bound = "> 0" if key in POSITIVE else ">= 0"
+            raise ConfigError(f"{key}={value} is out of range; it must be {bound}")
+    for key in UNIT_INTERVAL:
+        value = _get(cfg, key)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key}={value} is out of range; it must be in [0, 1]")
+
+
+def _check_network(net: NetworkConfig, env_kind: str) -> None:
+    if net.name != "mlp" and not len(net.conv_features) == len(net.conv_kernels) == len(net.conv_strides):
+        raise ConfigError(
+            "network.conv_features, network.conv_kernels and network.conv_strides must have the "
+            f"same length (got {len(net.conv_features)}, {len(net.conv_kernels)}, {len(net.conv_strides)})"
+        )
+    if any(int(v) <= 0 for v in [*net.conv_features, *net.conv_kernels, *net.conv_strides, *net.dense]):
+        raise ConfigError("network layer sizes, kernels and strides must all be > 0")
+    if env_kind == "gymnasium" and net.name != "mlp":
+        raise ConfigError(
+            f"network={net.name} needs image frames; env.kind=gymnasium gives vector observations, "
+            "so use network=mlp"
+        )
+    if env_kind == "atari" and net.name == "mlp":
+        raise ConfigError("network=mlp takes vector observations; env.kind=atari needs hvass or nature")
 
 
 def num_envs(env: EnvConfig) -> int:
