@@ -101,7 +101,7 @@ def test_outages_lose_no_metric(tmp_path, server):
         time.sleep(OUTAGE_SECONDS)
         assert process.poll() is None and len(_rows(rewards)) > before + 20  # training went on
         server.start()
-        _wait_for(lambda: "is back" in output.read_text(), "the sender to see the server back",
+        _wait_for(lambda: "is back after" in output.read_text(), "the sender to see the server back",
                   timeout=RETRY_SECONDS * 6)
         outage = time.monotonic() - went
         time.sleep(2)

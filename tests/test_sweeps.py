@@ -362,9 +362,9 @@ def test_a_killed_launch_is_closed_killed_by_its_relaunch(tmp_path):
 
 
 def _episode_figures(client, children, sweep_dir: Path) -> tuple[int, int, int]:
-    """(episode metric values logged: 4 per row of the jobs' rewards.csv, those MLflow keeps,
-    those in the store). MLflow keeps one of two equal values logged at the same step and
-    millisecond: two games ending together with the same score (or epsilon, always)."""
+    """(episode metric values logged: 4 per row of the jobs' rewards.csv, the least MLflow
+    keeps, those in the store). MLflow keeps one of two equal values logged at the same step
+    and millisecond: two games ending together with the same score (or epsilon, always)."""
     import csv
 
     sent = kept = received = 0
@@ -406,7 +406,7 @@ def test_four_parallel_jobs_lose_no_metric(tmp_path, store, request):
     assert all(r.info.status == "FINISHED" for r in children)
     sent, kept, received = _episode_figures(client, children, sweep_dir)
     print(f"\n{store}: 4 jobs, {sent} episode metric values logged, {kept} distinct, {received} in the store")
-    assert received == kept
+    assert kept <= received <= sent
 
 
 def test_a_sweep_with_an_unreachable_store_stops_before_any_job(tmp_path):
