@@ -231,6 +231,22 @@ def check_store(cfg) -> None:
         from dqn_jax.store_check import check
 
         check(tracking_uri(cfg), cfg.logger.tracking_uri)
+        configure_http()  # from here on, every MLflow call of this process has a short budget
+
+
+def send_unsent(cfg, run_dir: str | Path) -> None:
+    """Send what an earlier outage kept in ``run_dir`` (call it before a resume cuts the
+    run's MLflow history back to its checkpoint); one line says what was sent or why not."""
+    if cfg.logger.name == "none" or not spool.unsent_files(run_dir):
+        return
+    configure_http()
+    try:
+        sent, refused = spool.import_unsent(run_dir)
+    except OSError as err:  # still away: the files stay for the import command
+        log.warning("MLflow: %s", err)
+        return
+    print(f"sent {sent} MLflow operations an earlier outage kept in {run_dir}"
+          + (f" ({refused} refused by the store)" if refused else ""))
 
 
 def read_run_id(run_dir: str | Path) -> str | None:

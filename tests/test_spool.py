@@ -236,3 +236,24 @@ def test_transient_errors_are_told_from_refusals(tmp_path):
     assert spool.is_transient(MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE))
     ops = [["metric", "a", 1.0, 0, i] for i in range(1500)] + [["tags", {}], ["metric", "a", 1.0, 0, 0]]
     assert [len(spool.batch_at(ops, i)) for i in (0, 1000, 1500, 1501)] == [1000, 500, 1, 1]
+
+
+def test_send_unsent_before_a_resume(tmp_path, capsys):
+    """tracking.send_unsent sends a run directory's unsent file to the store it names."""
+    from omegaconf import OmegaConf
+
+    from dqn_jax import config, tracking
+
+    store = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("resume")).info.run_id
+    run_dir = tmp_path / "run"
+    spool.append(run_dir, store, run_id, [["metric", "episode/count", float(n), 1000 + n, n * 8]
+                                          for n in range(1, 301)] + [["status", "KILLED", 2000]])
+    cfg = OmegaConf.structured(config.Config)
+    tracking.send_unsent(cfg, run_dir)
+    assert capsys.readouterr().out == f"sent 301 MLflow operations an earlier outage kept in {run_dir}\n"
+    assert [m.step for m in client.get_metric_history(run_id, "episode/count")] == [n * 8 for n in range(1, 301)]
+    assert client.get_run(run_id).info.status == "KILLED" and not spool.unsent_files(run_dir)
+    tracking.send_unsent(cfg, run_dir)  # nothing left: nothing said
+    assert capsys.readouterr().out == ""
