@@ -47,6 +47,7 @@ class Parts:
 def run(cfg, run_dir: Path | None = None):
     """Train or test as ``cfg.mode`` says; returns the sweep objective (or None)."""
     run_dir = Path(run_dir) if run_dir is not None else _hydra_run_dir()
+    tracking.check_store(cfg)  # an unusable tracking store: one line, before anything is built or written
     if cfg.mode == "test":
         return run_test(cfg, run_dir)
     return run_train(cfg, run_dir)
@@ -69,7 +70,7 @@ def run_train(cfg, run_dir: Path):
         train_state, key, counters = _resume(cfg, run_dir, parts, checkpointer)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-        tracker = tracking.start_tracker(cfg, run_dir, run_name=_run_name(cfg),
+        tracker = tracking.start_tracker(cfg, run_dir, run_name=sweeps.child_run_name(_run_name(cfg), cfg),
                                          parent_run_id=sweeps.sweep_parent_run_id(),
                                          resume=cfg.checkpoint.resume)
         if counters.states:
@@ -128,6 +129,7 @@ def _resume(cfg, run_dir: Path, parts: Parts, checkpointer: Checkpointer):
     if cfg.logger.name != "none":
         from mlflow.tracking import MlflowClient
 
+        tracking.send_unsent(cfg, run_dir)  # what an outage kept, before the history is cut back
         resume.restart_history(MlflowClient(tracking.tracking_uri(cfg)), run_dir, counters.states)
     if restored is not None:
         print(f"resuming from {run_dir / 'checkpoints'}: {counters.states} states, {counters.episodes} "
