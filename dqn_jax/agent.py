@@ -304,9 +304,9 @@ class _Cycle:
         return replay.reset(memory), train_state, key, float(result.mean_loss)
 
     def save(self, counters: Counters, train_state, key) -> None:
-        """Checkpoint at ``counters.states``, the metrics logged so far sent first: a crash
-        after the checkpoint then loses none of what it covers (see :mod:`dqn_jax.resume`)."""
-        self.log.tracker.flush()
+        """Checkpoint at ``counters.states``, what was logged so far made durable first: a
+        crash after the checkpoint then loses none of what it covers (:mod:`dqn_jax.resume`)."""
+        self.log.tracker.persist()
         self.checkpointer.save(counters.states, train_state, key, asdict(counters))
 
 

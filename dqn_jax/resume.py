@@ -12,8 +12,9 @@ after that point (a crash, ``kill -9``, a power cut) is played again, so it must
   ``mlflow_run_id`` names the new one. A run that stopped cleanly has nothing past its
   checkpoint, and simply continues in the same MLflow run.
 
-Metrics logged up to a checkpoint reach the store before the checkpoint is written
-(the training loop flushes the tracker first), so nothing up to ``states`` is missing.
+What was logged up to a checkpoint is in the run directory's unsent file before the
+checkpoint is written (``Tracker.persist``), and a resume sends what of it the store has
+not got, so nothing up to ``states`` is missing.
 """
 
 from __future__ import annotations

@@ -163,6 +163,18 @@ class Sender:
         self._take()
         self._spool()
 
+    def persist(self) -> None:
+        """What is queued, appended to the unsent file now (a local write, the store not
+        waited on); the thread sends it at its usual time and removes the file once all is
+        sent (sending at once would make many small batches, at a cost per batch).
+        Sent twice after a crash between the two, a metric value is stored once by MLflow
+        (same key, step, time and value), and params, tags and files are the same again."""
+        if self.run_dir is None:
+            self.flush()
+            return
+        self._take()
+        self._spool()
+
     def _spool(self) -> int:
         """Append the pending operations not yet in the unsent file to it; returns how many."""
         with self._lock:

@@ -71,6 +71,9 @@ class Tracker:
 
     def flush(self) -> None: ...
 
+    def persist(self) -> None:
+        """Make every call so far survive a crash of this process (before a checkpoint)."""
+
     def finish(self, status: str = "FINISHED") -> None: ...
 
     def __enter__(self) -> Tracker:
@@ -132,6 +135,11 @@ class MlflowTracker(Tracker):
     def flush(self) -> None:
         """Send what is queued now (while the store is away: keep it in the run directory)."""
         self.sender.flush()
+
+    def persist(self) -> None:
+        """Keep what is queued in the run directory's unsent file at once, without waiting on
+        the store; the sender sends it and removes the file (a resume sends what is left)."""
+        self.sender.persist()
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Log params (values as strings, cut to MLflow's limit). MLflow params cannot
@@ -235,8 +243,9 @@ def check_store(cfg) -> None:
 
 
 def send_unsent(cfg, run_dir: str | Path) -> None:
-    """Send what an earlier outage kept in ``run_dir`` (call it before a resume cuts the
-    run's MLflow history back to its checkpoint); one line says what was sent or why not."""
+    """Send what an earlier run kept in ``run_dir`` (through an outage, or before a crash);
+    call it before a resume cuts the run's MLflow history back to its checkpoint. One line
+    says what was sent or why not."""
     if cfg.logger.name == "none" or not spool.unsent_files(run_dir):
         return
     configure_http()
@@ -245,7 +254,7 @@ def send_unsent(cfg, run_dir: str | Path) -> None:
     except OSError as err:  # still away: the files stay for the import command
         log.warning("MLflow: %s", err)
         return
-    print(f"sent {sent} MLflow operations an earlier outage kept in {run_dir}"
+    print(f"sent {sent} MLflow operations an earlier run kept in {run_dir}"
           + (f" ({refused} refused by the store)" if refused else ""))
 
 
@@ -309,7 +318,7 @@ def start_tracker(cfg, run_dir: str | Path, *, run_name: str, tags: dict | None 
         _write_run_id(run_dir, run_id)
     unsent = spool.unsent_files(run_dir)
     if unsent:
-        log.warning("MLflow: %s holds values an earlier outage kept (%s); send them with: %s",
+        log.warning("MLflow: %s holds values an earlier run kept (%s); send them with: %s",
                     run_dir, ", ".join(p.name for p in unsent), spool.IMPORT_COMMAND.format(run_dir=run_dir))
     return MlflowTracker(uri, run_id, flush_seconds=cfg.logger.flush_seconds, run_dir=run_dir)
 

@@ -252,8 +252,33 @@ def test_send_unsent_before_a_resume(tmp_path, capsys):
                                           for n in range(1, 301)] + [["status", "KILLED", 2000]])
     cfg = OmegaConf.structured(config.Config)
     tracking.send_unsent(cfg, run_dir)
-    assert capsys.readouterr().out == f"sent 301 MLflow operations an earlier outage kept in {run_dir}\n"
+    assert capsys.readouterr().out == f"sent 301 MLflow operations an earlier run kept in {run_dir}\n"
     assert [m.step for m in client.get_metric_history(run_id, "episode/count")] == [n * 8 for n in range(1, 301)]
     assert client.get_run(run_id).info.status == "KILLED" and not spool.unsent_files(run_dir)
     tracking.send_unsent(cfg, run_dir)  # nothing left: nothing said
     assert capsys.readouterr().out == ""
+
+
+def test_persist_keeps_what_is_queued_on_disk_until_the_sender_has_sent_it(tmp_path):
+    """A checkpoint's persist(): the values are in the unsent file at once (a crash then loses
+    none), the sender sends them and removes the file; sent again, MLflow stores them once."""
+    from dqn_jax.tracking import MlflowTracker
+
+    store = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("persist")).info.run_id
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    tracker = MlflowTracker(store, run_id, flush_seconds=1.0, run_dir=run_dir)
+    for step in range(1, 51):
+        tracker.log_metrics({"episode/count": step}, step=step * 2)
+    tracker.persist()
+    files = spool.unsent_files(run_dir)
+    assert files and [op[2] for op in spool.read(files[0])[1]][:50] == [float(s) for s in range(1, 51)]
+    copy = tmp_path / "copy.jsonl"
+    copy.write_text(files[0].read_text())  # what a crash right after the send would leave
+    _wait_for(lambda: not spool.unsent_files(run_dir), "the sender to send and remove the file", 60)
+    tracker.finish("FINISHED")
+    spool.import_file(copy)  # a resume sending the file again
+    history = client.get_metric_history(run_id, "episode/count")
+    assert sorted((m.step, m.value) for m in history) == [(s * 2, float(s)) for s in range(1, 51)]
