@@ -241,8 +241,11 @@ def test_multirun_gets_one_parent_run(root, client, tmp_path):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert sorted(r.info.run_name for r in children) == ["seed=0", "seed=1"]  # what they vary
-    assert "sweep.overrides" in parents[0].data.params
-    assert sweep_parent_run_id() is None  # the variable lived only in the sweep's process
+    parent = parents[0]
+    assert "seed=0,1" in parent.data.params["sweep.overrides"]
+    for child in children:  # each job's own run, tagged with the sweep it belongs to
+        assert child.data.tags["dqn_jax.sweep_id"] == parent.data.tags["dqn_jax.sweep_id"]
+        assert child.data.metrics["seed"] == float(child.info.run_name.removeprefix("seed="))
     assert child_run_name("breakout-default") == "breakout-default"  # not in a sweep's job
 
 
