@@ -19,7 +19,7 @@ from dqn_jax.checkpoints import Checkpointer
 from dqn_jax.config import ConfigError, memory_steps, num_envs
 from dqn_jax.envs import make_games
 from dqn_jax.faults import FAILURE_TAG, Diverged
-from dqn_jax.learner import create_train_state, describe_device, make_learner, make_optimizer
+from dqn_jax.learner import Learner, create_train_state, describe_device, make_optimizer
 from dqn_jax.logs import read_rewards
 from dqn_jax.networks import make_network
 from dqn_jax.schedules import ControlSignals
@@ -79,10 +79,10 @@ def run_train(cfg, run_dir: Path):
             tracker.log_params({**tracking.flatten_config(cfg), "derived.num_envs": games.num_envs,
                                 "derived.num_actions": games.num_actions})
         signals = ControlSignals.from_config(cfg.schedule)
-        learner = make_learner(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
-                               error_threshold=cfg.memory.error_threshold,
-                               min_high_share=cfg.memory.min_high_error_share,
-                               loss_window=cfg.schedule.loss_window)
+        learner = Learner(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
+                          error_threshold=cfg.memory.error_threshold,
+                          min_high_share=cfg.memory.min_high_error_share,
+                          loss_window=cfg.schedule.loss_window)
         player = agent.Player(parts.network, cfg.env, signals.epsilon, cfg.memory.reward_clip)
         train_state, key, result = agent.train(
             cfg, games=games, player=player, learner=learner, signals=signals,

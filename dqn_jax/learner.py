@@ -87,9 +87,8 @@ class Learner:
       so for the CNNs this is the faster choice on a CPU;
     * ``"auto"`` (default): "host" on a CPU, "device" elsewhere.
 
-    Both give the same iterations and results. ``trace_counts`` counts how often each
-    function was traced; after warm-up it stays at one per function however the
-    learning rate, loss limit or epochs change.
+    Both give the same iterations and results. Each jitted function compiles once
+    (:meth:`cache_sizes`) however the learning rate, loss limit or epochs change.
     """
 
     def __init__(self, network: nn.Module, optimizer, batch_size: int, error_threshold: float,
@@ -106,10 +105,9 @@ class Learner:
         self.loss_window = int(loss_window)
         self.chunk = int(chunk)
         self.loop = loop
-        self.trace_counts = {"update": 0, "optimise_chunk": 0, "optimise_step": 0}
-        self._update_jit = jax.jit(self._update_traced, donate_argnums=0)
-        self._chunk_jit = jax.jit(self._chunk_traced, donate_argnums=0)
-        self._step_jit = jax.jit(self._step_traced, donate_argnums=0)
+        self._update_jit = jax.jit(self._step, donate_argnums=0)
+        self._chunk_jit = jax.jit(self._chunk, donate_argnums=0)
+        self._step_jit = jax.jit(self._one_iteration, donate_argnums=0)
         self._plan_jit = jax.jit(self._plan)
 
     # ------------------------------------------------------------------ one update
@@ -121,10 +119,6 @@ class Learner:
         params = optax.apply_updates(train_state.params, updates)
         new_state = TrainState(params=params, opt_state=opt_state, updates=train_state.updates + 1)
         return new_state, loss
-
-    def _update_traced(self, train_state, states, targets, learning_rate):
-        self.trace_counts["update"] += 1  # runs only while tracing
-        return self._step(train_state, states, targets, learning_rate)
 
     def update(self, train_state: TrainState, states, targets, learning_rate) -> tuple[TrainState, jax.Array]:
         """One RMSProp step on a batch. ``train_state`` is donated; use the returned one."""
@@ -154,9 +148,8 @@ class Learner:
         i = i + 1
         return ts, key, i, ring, self._is_done(i, ring, *limits)
 
-    def _chunk_traced(self, train_state, memory, plan, key, iteration, ring, learning_rate, loss_limit,
-                      min_iters, max_iters):
-        self.trace_counts["optimise_chunk"] += 1
+    def _chunk(self, train_state, memory, plan, key, iteration, ring, learning_rate, loss_limit,
+               min_iters, max_iters):
         limits = (loss_limit, min_iters, max_iters)
         stop_at = jnp.minimum(iteration + self.chunk, max_iters)
 
@@ -170,9 +163,8 @@ class Learner:
         carry = jax.lax.while_loop(cond, body, carry)
         return *carry, self._mean_loss(carry[2], carry[3])
 
-    def _step_traced(self, train_state, memory, plan, key, iteration, ring, learning_rate, loss_limit,
-                     min_iters, max_iters):
-        self.trace_counts["optimise_step"] += 1
+    def _one_iteration(self, train_state, memory, plan, key, iteration, ring, learning_rate, loss_limit,
+                       min_iters, max_iters):
         carry = (train_state, key, iteration, ring, jnp.zeros((), bool))
         carry = self._iteration(carry, memory, plan, learning_rate, (loss_limit, min_iters, max_iters))
         return *carry, self._mean_loss(carry[2], carry[3])
@@ -266,11 +258,3 @@ def describe_device() -> str:
     if first.platform == "cpu":
         return f"cpu: {os.cpu_count()} cores (jax {jax.__version__}; JAX sees no GPU)"
     return f"{first.platform}: {first.device_kind} x{len(devices)} (jax {jax.__version__})"
-
-
-def make_learner(network: nn.Module, optimizer, batch_size: int, error_threshold: float,
-                 min_high_share: float, loss_window: int = 100, chunk: int = 256,
-                 loop: str = "auto") -> Learner:
-    """A :class:`Learner`; pass plain numbers (e.g. from the config), not the config itself."""
-    return Learner(network, optimizer, batch_size, error_threshold, min_high_share, loss_window,
-                   chunk, loop)

@@ -179,7 +179,7 @@ class _TrainHarness:
         from dqn_jax.app import Parts
         from dqn_jax.config import num_envs
         from dqn_jax.envs import make_games
-        from dqn_jax.learner import make_learner
+        from dqn_jax.learner import Learner
         from dqn_jax.schedules import ControlSignals
 
         self.root = root
@@ -188,9 +188,9 @@ class _TrainHarness:
         self.games = make_games(cfg.env, num_envs(cfg.env), cfg.seed)
         self.parts = Parts(cfg, self.games, cfg.seed)
         self.signals = ControlSignals.from_config(cfg.schedule)
-        self.learner = make_learner(self.parts.network, self.parts.optimizer, cfg.memory.batch_size,
-                                    cfg.memory.error_threshold, cfg.memory.min_high_error_share,
-                                    cfg.schedule.loss_window)
+        self.learner = Learner(self.parts.network, self.parts.optimizer, cfg.memory.batch_size,
+                               cfg.memory.error_threshold, cfg.memory.min_high_error_share,
+                               cfg.schedule.loss_window)
         self.player = agent.Player(self.parts.network, cfg.env, self.signals.epsilon, cfg.memory.reward_clip)
         self.runs = 0
         self.send_share: list[float] = []  # MLflow runs: the tracker's CPU time sending / run time

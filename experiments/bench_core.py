@@ -109,7 +109,7 @@ def _hvass_learner(num_actions: int, batch_size: int, chunk: int = 256, loop: st
     optimizer = L.make_optimizer()
     sample = jnp.zeros((1,) + STATE_SHAPE, jnp.uint8)
     state = jax.jit(L.create_train_state, static_argnums=(0, 3))(network, jax.random.key(0), sample, optimizer)
-    learner = L.make_learner(network, optimizer, batch_size, 0.1, 0.5, chunk=chunk, loop=loop)
+    learner = L.Learner(network, optimizer, batch_size, 0.1, 0.5, chunk=chunk, loop=loop)
     return network, state, learner
 
 

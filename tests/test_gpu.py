@@ -48,7 +48,7 @@ def test_device_optimise_loop_on_the_gpu_matches_the_host_loop_on_the_cpu(gpu, c
     network, optimizer = linear_network(), L.make_optimizer()
     out = {}
     for where, loop in ((gpu, "device"), (cpu, "host")):
-        learner = L.make_learner(network, optimizer, 16, 0.5, 0.5, loss_window=10, chunk=16, loop=loop)
+        learner = L.Learner(network, optimizer, 16, 0.5, 0.5, loss_window=10, chunk=16, loop=loop)
         with jax.default_device(where):
             state, key, res = learner.optimise(on(where, new_state(network, optimizer)),
                                                on(where, toy_memory()), on(where, jax.random.key(4)),
@@ -123,7 +123,7 @@ def test_hvass_update_on_the_gpu_matches_the_cpu(gpu, cpu):
         with jax.default_device(where):
             state = L.create_train_state(network, jax.random.key(0), jnp.zeros((1, 105, 80, 2), jnp.uint8),
                                          optimizer)
-            learner = L.make_learner(network, optimizer, 32, 0.1, 0.5)
+            learner = L.Learner(network, optimizer, 32, 0.1, 0.5)
             state, loss = learner.update(state, on(where, states), on(where, targets), 1e-4)
         out.append((float(loss), np.asarray(state.params["params"]["Dense_4"]["kernel"])))
     (loss_gpu, kernel_gpu), (loss_cpu, kernel_cpu) = out
