@@ -73,7 +73,7 @@ def restart_history(client, run_dir: Path, states: int) -> str | None:
     if run.info.lifecycle_stage != "active" or _latest_step(run) <= states:
         return run_id
     new_id = _copy_until(client, run, states)
-    tracking._write_run_id(Path(run_dir), new_id)
+    tracking.write_run_id(Path(run_dir), new_id)
     for child in client.search_runs([run.info.experiment_id],
                                     filter_string=f"tags.mlflow.parentRunId = '{run_id}'"):
         client.set_tag(child.info.run_id, "mlflow.parentRunId", new_id)  # its test runs

@@ -266,7 +266,7 @@ def read_run_id(run_dir: str | Path) -> str | None:
     return path.read_text().strip() or None
 
 
-def _write_run_id(run_dir: Path, run_id: str) -> None:
+def write_run_id(run_dir: Path, run_id: str) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / f".{RUN_ID_FILE}.tmp"
     tmp.write_text(run_id + "\n")
@@ -315,7 +315,7 @@ def start_tracker(cfg, run_dir: str | Path, *, run_name: str, tags: dict | None 
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run_id = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
-        _write_run_id(run_dir, run_id)
+        write_run_id(run_dir, run_id)
     unsent = spool.unsent_files(run_dir)
     if unsent:
         log.warning("MLflow: %s holds values an earlier run kept (%s); send them with: %s",

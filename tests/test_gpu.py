@@ -17,7 +17,7 @@ from dqn_jax import memory as replay
 from dqn_jax.config import NetworkConfig
 from dqn_jax.networks import compute_dtypes, make_network
 from tests.test_learner import linear_network, new_state, toy_memory
-from tests.test_memory import random_memory, reference_sweep
+from tests.test_memory import random_memory, reference_for
 
 
 def _first_gpu():
@@ -67,9 +67,7 @@ def test_device_optimise_loop_on_the_gpu_matches_the_host_loop_on_the_cpu(gpu, c
 def test_associative_sweep_on_the_gpu_matches_the_reference(gpu, count):
     rng = np.random.default_rng(count)
     memory = random_memory(rng, steps=512, games=8, actions=4, count=count)
-    done = np.asarray(memory.end_life | memory.end_episode)
-    want_q, want_err = reference_sweep(np.asarray(memory.q_values), np.asarray(memory.actions),
-                                       np.asarray(memory.rewards), done, count, 0.97)
+    want_q, want_err = reference_for(memory, count, 0.97)
     swept, stats = replay.sweep(on(gpu, memory), 0.97, "associative")
     assert swept.q_values.devices() == {gpu}
     np.testing.assert_allclose(swept.q_values, want_q, atol=1e-4)

@@ -111,14 +111,19 @@ def test_tutorial_worked_example():
         assert float(swept.errors[1, 0]) == 0.0
 
 
+def reference_for(memory, count, discount):
+    """:func:`reference_sweep` on a memory's own arrays (terminal = end of life or episode)."""
+    done = np.asarray(memory.end_life | memory.end_episode)
+    return reference_sweep(np.asarray(memory.q_values), np.asarray(memory.actions),
+                           np.asarray(memory.rewards), done, count, discount)
+
+
 @pytest.mark.parametrize("method", ["scan", "associative"])
 @pytest.mark.parametrize("count", [0, 1, 2, 23, 64])
 def test_sweep_matches_reference(method, count):
     rng = np.random.default_rng(count)
     memory = random_memory(rng, steps=64, games=3, actions=4, count=count)
-    done = np.asarray(memory.end_life | memory.end_episode)
-    want_q, want_err = reference_sweep(np.asarray(memory.q_values), np.asarray(memory.actions),
-                                       np.asarray(memory.rewards), done, count, 0.97)
+    want_q, want_err = reference_for(memory, count, 0.97)
     swept, stats = replay.sweep(copy(memory), 0.97, method)
     np.testing.assert_allclose(swept.q_values, want_q, atol=1e-5)
     np.testing.assert_allclose(swept.errors[:count], want_err[:count], atol=1e-5)

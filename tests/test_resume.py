@@ -25,7 +25,7 @@ def crashed_run(client, experiment, run_dir, steps=(100, 200, 300, 400, 500)):
     metrics += [Metric("episode/count", float(i + 1), 1_000 + s, s) for i, s in enumerate(steps)]
     metrics += [Metric("cycle/loss", 0.5, 2_000, 300), Metric("cycle/loss", 0.25, 2_001, 450)]
     client.log_batch(run_id, metrics=metrics)
-    tracking._write_run_id(run_dir, run_id)
+    tracking.write_run_id(run_dir, run_id)
     child = client.create_run(experiment, tags={"mlflow.parentRunId": run_id}).info.run_id
     return run_id, child
 
