@@ -72,6 +72,13 @@ def _allowed_keys(schema_name: str) -> str:
     return "; allowed keys: " + ", ".join(f.name for f in dataclasses.fields(node))
 
 
+# Keys that were renamed: the old name gets a hint to the new one.
+RENAMED = {
+    "memory.sweep": "memory.target_method (auto, associative or scan)",
+    "env.motion_trace": "env.encoding (motion_trace, frame_stack or frame)",
+}
+
+
 def one_line(text: str) -> str:
     """Fold Hydra's / OmegaConf's multi-line error into one line for the user."""
     lines = [line.strip() for line in text.splitlines()]
@@ -88,6 +95,9 @@ def one_line(text: str) -> str:
     missing_key = re.search(r"Key '[^']+' not in '(\w+)'", message)
     if missing_key:
         message += _allowed_keys(missing_key.group(1))
+    renamed = re.search(r"full_key: ([\w.]+)", message)
+    if renamed and renamed.group(1) in RENAMED:
+        message = f"{renamed.group(1)} was renamed; use {RENAMED[renamed.group(1)]}"
     return f"dqn_jax: error: {message}"
 
 

@@ -110,13 +110,6 @@ def _as_count(states: int) -> np.float32:
     return np.float32(states)
 
 
-def sweep_method(method: str) -> str:
-    """The memory's sweep method: ``"auto"`` is "scan" on a CPU, "associative" elsewhere."""
-    if method == "auto":
-        return "scan" if jax.default_backend() == "cpu" else "associative"
-    return method
-
-
 def rows_before_learning(replay_fraction, count_states: int, steps: int, games: int) -> int:
     """Rows to record before the next learning cycle: the memory is full, or its used
     fraction exceeds the replay-fraction signal at the count reached by then.
@@ -282,11 +275,12 @@ class _Cycle:
         Returns (memory, train_state, key, mean loss).
         """
         cycle, values = counters.cycles + 1, self.signals.values(counters.states)
-        sweep_start = time.perf_counter()
-        memory, swept = replay.sweep(memory, self.memory_cfg.discount, sweep_method(self.memory_cfg.sweep))
+        targets_start = time.perf_counter()
+        memory, swept = replay.recompute_targets(memory, self.memory_cfg.discount,
+                                                 replay.resolve_target_method(self.memory_cfg.target_method))
         swept = {k: float(v) for k, v in jax.device_get(swept).items()}
-        sweep_seconds = time.perf_counter() - sweep_start
-        self.log.sweep(counters.episodes, counters.states, swept)
+        targets_seconds = time.perf_counter() - targets_start
+        self.log.targets(counters.episodes, counters.states, swept)
         check_cycle(cycle=cycle, states=counters.states, signals=values,
                     values={f"swept Q-value {k[2:]}": swept[k] for k in ("q_min", "q_max")})
         progress, done = self.log.optimising(cycle)
@@ -297,7 +291,7 @@ class _Cycle:
             min_epochs=self.min_epochs, progress=progress, stop=stop)
         done()
         counters.cycles = cycle
-        seconds = {"play": played[1], "sweep": sweep_seconds, "optimise": time.perf_counter() - learn_start}
+        seconds = {"play": played[1], "targets": targets_seconds, "optimise": time.perf_counter() - learn_start}
         self.log.cycle(cycle, counters.states, _cycle_metrics(cycle, result, values, swept, played[0], seconds))
         check_cycle(cycle=cycle, states=counters.states, signals=values,
                     values={"batch loss": float(result.mean_loss)}, params=train_state.params)
@@ -322,7 +316,7 @@ def _cycle_metrics(cycle: int, result, values: dict, swept: dict, played_states:
         "cycle/states_per_second": played_states / max(seconds["play"], 1e-9),
         **{f"cycle/{stage}_seconds": value for stage, value in seconds.items()},
         "cycle/count": float(cycle),
-        **{f"q/{name[2:]}" if name.startswith("q_") else f"sweep/{name}": value
+        **{f"q/{name[2:]}" if name.startswith("q_") else f"targets/{name}": value
            for name, value in swept.items()},
     }
 

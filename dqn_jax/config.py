@@ -59,9 +59,10 @@ class MemoryConfig:
     error_threshold: float = 0.1  # errors below this are "low error"
     min_high_error_share: float = 0.5  # high-error share of a batch is at least this
     reward_clip: float = 1.0  # rewards stored clipped to [-reward_clip, reward_clip]
-    # "auto": "scan" on a CPU (where it is ~1.5x faster), "associative" on a GPU or TPU;
-    # "associative" (parallel, exact) or "scan" (sequential) force one.
-    sweep: str = "auto"
+    # How the backward sweep recomputes the Q-targets. "auto": "scan" on a CPU (where it
+    # is ~1.5x faster), "associative" on a GPU or TPU; "associative" (parallel, exact) or
+    # "scan" (sequential) force one.
+    target_method: str = "auto"
 
 
 @dataclass
@@ -156,7 +157,7 @@ SIGNALS = ("epsilon", "learning_rate", "loss_limit", "max_epochs", "replay_fract
 CHOICES = {
     "mode": ("train", "test"),
     "env.kind": ("atari", "gymnasium"),
-    "memory.sweep": ("auto", "associative", "scan"),
+    "memory.target_method": ("auto", "associative", "scan"),
     "network.name": ("hvass", "nature", "mlp"),
     "network.dtype": ("float32", "bfloat16"),
     "network.input_scale": ("unit", "raw"),

@@ -154,7 +154,7 @@ class TrainingLog:
                                   "episode/epsilon": epsilon, "episode/count": episode}, step=states)
         self.say(episode_line(episode, states, epsilon, score, mean30))
 
-    def sweep(self, episode: int, states: int, stats: dict[str, float]) -> None:
+    def targets(self, episode: int, states: int, stats: dict[str, float]) -> None:
         self._q_values.write(episode, states, *(stats[k] for k in Q_FIELDS[2:]))
 
     def cycle(self, cycle: int, states: int, metrics: dict[str, float]) -> None:

@@ -6,7 +6,7 @@ and every operation is a pure function over it:
 
 * :func:`add` writes the next row (jit it with the memory donated: :data:`add_jit`);
   acting writes it in two halves, :func:`record_decision` and :func:`record_outcome`;
-* :func:`sweep` walks each game's history backwards and turns the Q-values estimated
+* :func:`recompute_targets` walks each game's history backwards and turns the Q-values estimated
   while acting into training targets (the tutorial's backward sweep), exactly, either
   with a sequential ``lax.scan`` or in parallel with ``lax.associative_scan``;
 * :func:`prepare_sampling` splits the used states by error once per learning cycle;
@@ -210,7 +210,7 @@ def _row_max_associative(a, b, c):
     return jnp.maximum(c_all, b_all)
 
 
-_SWEEPS = {"scan": _row_max_scan, "associative": _row_max_associative}
+_ROW_MAX_METHODS = {"scan": _row_max_scan, "associative": _row_max_associative}
 
 # The sweep runs as three jitted stages rather than one: inside a single program XLA
 # on CPU fuses the row summaries into every level of the parallel scan and recomputes
@@ -234,7 +234,7 @@ def _prepare(memory: ReplayMemory, discount):
     return (a, b, c), rows, slope, inner
 
 
-_ROW_MAX = {name: jax.jit(fn) for name, fn in _SWEEPS.items()}
+_ROW_MAX = {name: jax.jit(fn) for name, fn in _ROW_MAX_METHODS.items()}
 
 
 @partial(jax.jit, donate_argnums=0)
@@ -271,7 +271,7 @@ def _sweep_stats(memory: ReplayMemory, rows: _Rows, new_taken, errors, used) -> 
     }
 
 
-def sweep(memory: ReplayMemory, discount, method: str = "associative") -> tuple[ReplayMemory, dict]:
+def recompute_targets(memory: ReplayMemory, discount, method: str = "associative") -> tuple[ReplayMemory, dict]:
     """The backward sweep: Q-values estimated while acting become training targets.
 
     Per game, for k from count-2 down to 0: target = r[k] if the step ended a life or
@@ -286,13 +286,20 @@ def sweep(memory: ReplayMemory, discount, method: str = "associative") -> tuple[
     q_min, q_mean, q_max, q_std, error_mean, error_max, reward_nonzero_share.
     """
     if method not in _ROW_MAX:
-        raise ValueError(f"unknown sweep method {method!r}; choose one of {sorted(_ROW_MAX)}")
+        raise ValueError(f"unknown target method {method!r}; choose one of {sorted(_ROW_MAX)}")
     maps, rows, slope, inner = _prepare(memory, discount)
     row_max = _ROW_MAX[method](*maps)
     return _write_targets(memory, row_max, rows, slope, inner)
 
 
-def sweep_cache_sizes() -> dict[str, int]:
+def resolve_target_method(method: str) -> str:
+    """``"auto"`` is "scan" on a CPU (about twice as fast there), "associative" elsewhere."""
+    if method == "auto":
+        return "scan" if jax.default_backend() == "cpu" else "associative"
+    return method
+
+
+def target_cache_sizes() -> dict[str, int]:
     """Compiled variants of each sweep stage (one per memory shape once warm)."""
     sizes = {"prepare": _prepare._cache_size(), "write_targets": _write_targets._cache_size()}
     sizes.update({f"row_max_{name}": fn._cache_size() for name, fn in _ROW_MAX.items()})

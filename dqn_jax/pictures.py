@@ -29,7 +29,7 @@ TITLE_HEIGHT = 0.5  # inches above a states grid
 # epsilon history can hold 50,000 values, which take MLflow seconds to return, so the
 # epsilon panel draws the run's schedule from its config instead (the same function).
 CURVE_METRICS = ("cycle/loss", "cycle/loss_limit", "cycle/iterations", "cycle/learning_rate",
-                 "cycle/max_epochs", "cycle/replay_fraction", "sweep/error_mean", "sweep/error_max")
+                 "cycle/max_epochs", "cycle/replay_fraction", "targets/error_mean", "targets/error_max")
 
 
 def _figure(width: float, height: float):
@@ -124,8 +124,8 @@ def draw_training_curves(rewards: dict, q: dict, histories: dict, path: Path, ti
     else:
         _no_data(ax, "no learning cycle yet")
     ax.set_title("Q-values after each sweep", y=1.0)
-    _curve(axes[2], histories, "sweep/error_mean", "mean", cfg, states)
-    _curve(axes[2], histories, "sweep/error_max", "max", cfg, states, alpha=0.6)
+    _curve(axes[2], histories, "targets/error_mean", "mean", cfg, states)
+    _curve(axes[2], histories, "targets/error_max", "max", cfg, states, alpha=0.6)
     axes[2].set_title("Estimation error |target - Q|", y=1.0)
     _curve(axes[3], histories, "cycle/loss", "loss", cfg, states)
     _curve(axes[3], histories, "cycle/loss_limit", "loss limit", cfg, states, ls="--")

@@ -1,7 +1,7 @@
 """Playing a checkpoint for the analysis: a replay memory, the network's insides, videos.
 
 Everything here works from a restored network and its parameters, the way training
-and test mode use them (``agent.Player``, ``memory.sweep``), so the pictures show
+and test mode use them (``agent.Player``, ``memory.recompute_targets``), so the pictures show
 what the run's own agent does.
 """
 
@@ -54,7 +54,8 @@ def play_memory(cfg, games, network, params, count: int, size: int, seed: int) -
         frames, lives, restart = step.frames, step.lives, step.ended
     memory = replay.record_outcome_jit(memory, *outcome, cfg.memory.reward_clip)
     estimates = np.array(memory.q_values)  # a copy: the sweep donates the memory
-    memory, _ = replay.sweep(memory, cfg.memory.discount, agent.sweep_method(cfg.memory.sweep))
+    memory, _ = replay.recompute_targets(memory, cfg.memory.discount,
+                                         replay.resolve_target_method(cfg.memory.target_method))
     host = jax.device_get(memory)
     return Snapshot(np.asarray(host.states), estimates, np.asarray(host.q_values),
                     np.asarray(host.actions), np.asarray(host.rewards), np.asarray(host.end_life),

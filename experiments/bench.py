@@ -40,7 +40,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dqn_jax.agent import sweep_method  # noqa: E402
+from dqn_jax.memory import resolve_target_method  # noqa: E402
 
 RESULTS: list[dict] = []
 
@@ -81,7 +81,7 @@ def bench_sweep(quick: bool) -> None:
     s = bench_core.bench_sweep(python_rows=5_000 if quick else 25_000, repeats=5 if quick else 20)
     how = "extrapolated from " + f"{s['python_rows'] * 8:,} states" if s["extrapolated"] else "timed in full"
     report("b", f"python sweep, {s['states']:,} states", f"{s['python_s']:.2f} s ({how})")
-    auto = sweep_method("auto")
+    auto = resolve_target_method("auto")
     for method in ("scan", "associative"):
         value = f"{s[f'{method}_speedup']:.0f}x ({s[f'{method}_s'] * 1e3:.1f} ms)"
         mark = " [auto here]" if method == auto else ""

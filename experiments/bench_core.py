@@ -89,13 +89,13 @@ def bench_sweep(steps: int = 25_000, games: int = 8, actions: int = 4, python_ro
     for method in ("scan", "associative"):
         swept = jax.tree_util.tree_map(jnp.copy, memory)  # the sweep donates its input
         start = time.perf_counter()
-        swept, stats = replay.sweep(swept, 0.97, method)
+        swept, stats = replay.recompute_targets(swept, 0.97, method)
         jax.block_until_ready(stats)
         result[f"{method}_compile_s"] = time.perf_counter() - start
 
         def run(method=method):
             nonlocal swept
-            swept, stats = replay.sweep(swept, 0.97, method)  # sweeping again costs the same
+            swept, stats = replay.recompute_targets(swept, 0.97, method)  # sweeping again costs the same
             jax.block_until_ready((swept.q_values, stats))
 
         result[f"{method}_s"] = _best_time(run, repeats)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from dqn_jax import memory as replay
-from dqn_jax.agent import Player, state_spec, sweep_method
+from dqn_jax.agent import Player, state_spec
+from dqn_jax.memory import resolve_target_method
 from dqn_jax.config import EnvConfig, NetworkConfig
 from dqn_jax.motion import TracerState
 from dqn_jax.networks import make_network
@@ -101,10 +102,10 @@ def test_play_writes_the_rows_that_act_then_add_write():
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-def test_sweep_method_auto_resolves_by_backend():
+def test_target_method_auto_resolves_by_backend():
     expected = "scan" if jax.default_backend() == "cpu" else "associative"
-    assert sweep_method("auto") == expected
-    assert sweep_method("scan") == "scan" and sweep_method("associative") == "associative"
+    assert resolve_target_method("auto") == expected
+    assert resolve_target_method("scan") == "scan" and resolve_target_method("associative") == "associative"
 
 
 def test_the_state_count_goes_past_2_to_the_31_without_overflow():

@@ -68,7 +68,7 @@ def test_associative_sweep_on_the_gpu_matches_the_reference(gpu, count):
     rng = np.random.default_rng(count)
     memory = random_memory(rng, steps=512, games=8, actions=4, count=count)
     want_q, want_err = reference_for(memory, count, 0.97)
-    swept, stats = replay.sweep(on(gpu, memory), 0.97, "associative")
+    swept, stats = replay.recompute_targets(on(gpu, memory), 0.97, "associative")
     assert swept.q_values.devices() == {gpu}
     np.testing.assert_allclose(swept.q_values, want_q, atol=1e-4)
     np.testing.assert_allclose(swept.errors[:count], want_err[:count], atol=1e-4)

@@ -15,6 +15,7 @@ BAD_INPUT = [
     (["env.game=brekout"], ["env.game='brekout'", "did you mean 'breakout'"]),
     (["mode=test", "name=never-trained"], ["no checkpoint to test"]),
     (["oops"], ["oops"]),
+    (["memory.sweep=scan"], ["memory.sweep was renamed; use memory.target_method"]),
 ]
 
 

@@ -103,7 +103,7 @@ def test_tutorial_worked_example():
     memory = replay.add(memory, jnp.zeros((1, 1)), jnp.array([[1.83, 0.2, 1.1, -0.3]]), jnp.array([2]),
                    jnp.array([0.0]), jnp.array([False]), jnp.array([False]))
     for method in ("scan", "associative"):
-        swept, _ = replay.sweep(copy(memory), 0.97, method)
+        swept, _ = replay.recompute_targets(copy(memory), 0.97, method)
         assert float(swept.q_values[0, 0, 0]) == pytest.approx(2.7751, abs=1e-5)
         assert float(swept.errors[0, 0]) == pytest.approx(2.9 - 2.7751, abs=1e-5)
         np.testing.assert_allclose(swept.q_values[0, 0, 1:], [0.5, 1.0, 2.0])
@@ -124,7 +124,7 @@ def test_sweep_matches_reference(method, count):
     rng = np.random.default_rng(count)
     memory = random_memory(rng, steps=64, games=3, actions=4, count=count)
     want_q, want_err = reference_for(memory, count, 0.97)
-    swept, stats = replay.sweep(copy(memory), 0.97, method)
+    swept, stats = replay.recompute_targets(copy(memory), 0.97, method)
     np.testing.assert_allclose(swept.q_values, want_q, atol=1e-5)
     np.testing.assert_allclose(swept.errors[:count], want_err[:count], atol=1e-5)
     np.testing.assert_array_equal(swept.errors[count:], 7.0)  # rows >= count left alone
@@ -148,16 +148,16 @@ def test_long_chain_without_terminals(method):
     done = np.zeros((64, 3), bool)
     want_q, _ = reference_sweep(np.asarray(memory.q_values), np.asarray(memory.actions),
                                 np.asarray(memory.rewards), done, 64, 0.999)
-    swept, _ = replay.sweep(copy(memory), 0.999, method)
+    swept, _ = replay.recompute_targets(copy(memory), 0.999, method)
     np.testing.assert_allclose(swept.q_values, want_q, atol=1e-4)
 
 
 def test_sweep_compiles_once_for_every_fill_level():
     rng = np.random.default_rng(1)
-    before = replay.sweep_cache_sizes()
+    before = replay.target_cache_sizes()
     for count in (3, 11, 17):
-        replay.sweep(random_memory(rng, 17, 2, 3, count), 0.97, "associative")
-    grown = {k: v - before[k] for k, v in replay.sweep_cache_sizes().items()}
+        replay.recompute_targets(random_memory(rng, 17, 2, 3, count), 0.97, "associative")
+    grown = {k: v - before[k] for k, v in replay.target_cache_sizes().items()}
     assert grown["prepare"] <= 1 and grown["write_targets"] <= 1 and grown["row_max_associative"] <= 1
     assert grown["row_max_scan"] == 0
 
