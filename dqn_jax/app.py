@@ -14,13 +14,13 @@ import numpy as np
 import optax
 from omegaconf import OmegaConf
 
-from dqn_jax import agent, display, pictures, resources, resume, sweeps, tracking
+from dqn_jax import agent, display, dqn, hvass, pictures, resources, resume, sweeps, tracking
 from dqn_jax.checkpoints import Checkpointer
 from dqn_jax.config import ConfigError, memory_steps, num_envs
 from dqn_jax.envs import make_games
 from dqn_jax.faults import FAILURE_TAG, Diverged
 from dqn_jax.learner import Learner, create_train_state, describe_device, make_optimizer
-from dqn_jax.logs import read_rewards
+from dqn_jax.logs import TrainingLog, read_rewards
 from dqn_jax.networks import make_network
 from dqn_jax.schedules import ControlSignals
 
@@ -37,11 +37,13 @@ class Parts:
     def __init__(self, cfg, games, seed: int):
         self.network = make_network(cfg.network, games.num_actions)
         self.optimizer = make_optimizer(cfg.schedule.rmsprop_decay, cfg.schedule.rmsprop_eps,
-                                        cfg.schedule.rmsprop_initial_scale)
+                                        cfg.schedule.rmsprop_initial_scale, cfg.schedule.rmsprop_centered)
         shape, dtype = agent.state_spec(cfg.env, games.observation_shape, games.observation_dtype)
         self.key, init_key = jax.random.split(jax.random.PRNGKey(seed))
         self.train_state = create_train_state(self.network, init_key, np.zeros((1, *shape), dtype),
                                               self.optimizer)
+        if cfg.algorithm.name in dqn.ALGORITHMS:
+            self.train_state = dqn.with_target(self.train_state)
 
 
 def run(cfg, run_dir: Path | None = None):
@@ -62,32 +64,16 @@ def run_train(cfg, run_dir: Path):
         resources.check_fits(cfg.memory, games.num_envs, _need(cfg, games))
         parts = Parts(cfg, games, cfg.seed)
         print(f"training on {describe_device()}", flush=True)
-        held = memory_steps(cfg.memory, games.num_envs) * games.num_envs
-        if held != cfg.memory.size:
-            print(f"memory.size={cfg.memory.size} holds {held} states: a whole number of rows of "
-                  f"{games.num_envs} games")
+        _say_memory_rounding(cfg.memory, games.num_envs)
         checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep)
         train_state, key, counters = _resume(cfg, run_dir, parts, checkpointer)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-        tracker = tracking.start_tracker(cfg, run_dir, run_name=sweeps.child_run_name(_run_name(cfg), cfg),
-                                         parent_run_id=sweeps.sweep_parent_run_id(),
-                                         resume=cfg.checkpoint.resume)
-        if counters.states:
-            tracker.set_tags({"dqn_jax.resumed_at_states": str(counters.states)})
-        else:
-            tracker.log_params({**tracking.flatten_config(cfg), "derived.num_envs": games.num_envs,
-                                "derived.num_actions": games.num_actions})
-        signals = ControlSignals.from_config(cfg.schedule)
-        learner = Learner(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
-                          error_threshold=cfg.memory.error_threshold,
-                          min_high_share=cfg.memory.min_high_error_share,
-                          loss_window=cfg.schedule.loss_window)
-        player = agent.Player(parts.network, cfg.env, signals.epsilon, cfg.memory.reward_clip)
-        train_state, key, result = agent.train(
-            cfg, games=games, player=player, learner=learner, signals=signals,
-            train_state=train_state, key=key, counters=counters, checkpointer=checkpointer,
-            tracker=tracker, run_dir=run_dir, reward_history=read_rewards(run_dir / "rewards.csv")[-30:])
+        tracker = _start_tracker(cfg, run_dir, games, counters)
+        log = TrainingLog(run_dir, tracker, read_rewards(run_dir / "rewards.csv")[-30:], console=cfg.progress)
+        cycle = build_cycle(cfg, games, parts, checkpointer, log)
+        train_state, key, result = agent.train(cycle, train_state=train_state, key=key, counters=counters,
+                                               seed=cfg.seed)
         outcome = _outcome(cfg, games, parts, train_state, key, result)
         tracker.log_metrics(outcome, step=counters.states)
         status = "KILLED" if result.stopped_by == "interrupt" else "FINISHED"
@@ -104,6 +90,45 @@ def run_train(cfg, run_dir: Path):
     finally:
         _close_run(tracker, run_dir, status, checkpointer, cfg)
         games.close()
+
+
+def _say_memory_rounding(memory_cfg, games: int) -> None:
+    held = memory_steps(memory_cfg, games) * games
+    if held != memory_cfg.size:
+        print(f"memory.size={memory_cfg.size} holds {held} states: a whole number of rows of {games} games")
+
+
+def _start_tracker(cfg, run_dir: Path, games, counters: agent.Counters):
+    """The run's tracker: its params on a fresh run, a tag where a resume continues it."""
+    tracker = tracking.start_tracker(cfg, run_dir, run_name=sweeps.child_run_name(_run_name(cfg), cfg),
+                                     parent_run_id=sweeps.sweep_parent_run_id(), resume=cfg.checkpoint.resume)
+    if counters.states:
+        tracker.set_tags({"dqn_jax.resumed_at_states": str(counters.states)})
+    else:
+        tracker.log_params({**tracking.flatten_config(cfg), "derived.num_envs": games.num_envs,
+                            "derived.num_actions": games.num_actions})
+    return tracker
+
+
+def build_cycle(cfg, games, parts: Parts, checkpointer: Checkpointer, log: TrainingLog) -> agent.Cycle:
+    """The algorithm's learning cycle, built from plain values of the config."""
+    signals = ControlSignals.from_config(cfg.schedule)
+    player = agent.Player(parts.network, cfg.env, signals.epsilon, cfg.memory.reward_clip)
+    common = (games, player, signals, checkpointer, log, agent.Budget(cfg.steps, cfg.episodes))
+    memory = {"memory_steps": memory_steps(cfg.memory, games.num_envs), "reward_clip": cfg.memory.reward_clip,
+              "state": agent.state_spec(cfg.env, games.observation_shape, games.observation_dtype)}
+    algo = cfg.algorithm
+    if algo.name in dqn.ALGORITHMS:
+        update = dqn.Update(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
+                            discount=cfg.memory.discount, huber_delta=algo.huber_delta,
+                            double=algo.name == "double_dqn", target_copy_every=algo.target_copy_every)
+        return dqn.DqnCycle(*common, update=update, warmup=algo.warmup, train_every=algo.train_every,
+                            report_every=algo.report_every, **memory)
+    learner = Learner(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
+                      error_threshold=cfg.memory.error_threshold, min_high_share=cfg.memory.min_high_error_share,
+                      loss_window=cfg.schedule.loss_window)
+    return hvass.TutorialCycle(*common, learner=learner, discount=cfg.memory.discount,
+                               target_method=cfg.memory.target_method, min_epochs=cfg.schedule.min_epochs, **memory)
 
 
 def _need(cfg, games) -> resources.Need:
@@ -146,8 +171,8 @@ def _outcome(cfg, games, parts: Parts, train_state, key, result) -> dict:
         outcome["train/loss"] = result.last_loss
     if cfg.test_episodes_after_training and result.stopped_by != "interrupt":
         test_player = agent.Player(parts.network, cfg.env, optax.constant_schedule(cfg.schedule.epsilon_test))
-        stats = agent.test(cfg, games=games, player=test_player, params=train_state.params,
-                           key=key, episodes=cfg.test_episodes_after_training)
+        stats = agent.test(games=games, player=test_player, params=train_state.params, key=key,
+                           episodes=cfg.test_episodes_after_training, seed=cfg.seed, progress=cfg.progress)
         outcome.update({f"test/{k}": v for k, v in stats.items()})
     return outcome
 
@@ -177,8 +202,9 @@ def run_test(cfg, run_dir: Path):
         stats = {}
         for step in chosen:
             train_state, key, counters = checkpointer.restore(parts.train_state, step)
-            stats = agent.test(cfg, games=games, player=player, params=train_state.params, key=key,
-                               episodes=episodes, max_states=cfg.steps, frame_sink=sink if step == steps[-1] else None)
+            stats = agent.test(games=games, player=player, params=train_state.params, key=key,
+                               episodes=episodes, seed=cfg.seed, progress=cfg.progress, max_states=cfg.steps,
+                               frame_sink=sink if step == steps[-1] else None)
             tracker.log_metrics({f"test/{k}": v for k, v in stats.items()}, step=int(counters["states"]))
             _print_summary(f"test of the checkpoint at {int(counters['states'])} states", stats)
         status = "FINISHED"

@@ -44,7 +44,10 @@ class EnvConfig:
     full_action_space: bool = False
     fire_reset: bool = False  # press FIRE after a reset (the tutorial does not)
     max_episode_frames: int = 108_000
-    motion_trace: bool = True  # atari only: state = (frame, motion trace)
+    # atari only, what a state is: "motion_trace" (the frame and its motion trace, the
+    # tutorial's), "frame_stack" (the last stack_size frames) or "frame" (the frame alone)
+    encoding: str = "motion_trace"
+    stack_size: int = 4
     trace_threshold: float = 20.0
     trace_decay: float = 0.75
 
@@ -96,6 +99,21 @@ class ScheduleConfig:
     rmsprop_decay: float = 0.9
     rmsprop_eps: float = 1e-10
     rmsprop_initial_scale: float = 1.0
+    rmsprop_centered: bool = False  # divide by the gradient's variance, not its second moment
+
+
+@dataclass
+class AlgorithmConfig:
+    """How the agent learns. "hvass": the tutorial's learning cycles (memory, schedule);
+    "dqn" and "double_dqn": the Nature DQN, with the paper's values as defaults here and
+    in conf/algorithm/dqn.yaml (discount, batch, RMSProp, learning rate)."""
+
+    name: str = "hvass"  # "hvass", "dqn" or "double_dqn"
+    warmup: int = 50_000  # dqn: states recorded before the first gradient step
+    train_every: int = 4  # dqn: states recorded per gradient step
+    target_copy_every: int = 10_000  # dqn: gradient steps between copies into the target network
+    huber_delta: float = 1.0  # dqn: the Huber loss is quadratic within this TD error
+    report_every: int = 50_000  # dqn: states between logged cycles (and checkpoints)
 
 
 @dataclass
@@ -129,6 +147,7 @@ class Config:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -156,7 +175,9 @@ def register_configs() -> None:
 SIGNALS = ("epsilon", "learning_rate", "loss_limit", "max_epochs", "replay_fraction")
 CHOICES = {
     "mode": ("train", "test"),
+    "algorithm.name": ("hvass", "dqn", "double_dqn"),
     "env.kind": ("atari", "gymnasium"),
+    "env.encoding": ("motion_trace", "frame_stack", "frame"),
     "memory.target_method": ("auto", "associative", "scan"),
     "network.name": ("hvass", "nature", "mlp"),
     "network.dtype": ("float32", "bfloat16"),
@@ -183,11 +204,13 @@ def _get(cfg, dotted: str):
 
 
 POSITIVE = ("memory.size", "memory.batch_size", "memory.reward_clip", "env.frameskip", "env.height",
-            "env.width", "checkpoint.keep", "env.num_envs", "episodes", "video_episodes", "steps",
+            "env.width", "env.stack_size", "checkpoint.keep", "env.num_envs", "episodes", "video_episodes", "steps",
             "schedule.min_epochs", "schedule.loss_window", "logger.flush_seconds",
-            "schedule.rmsprop_initial_scale",
+            "algorithm.train_every", "algorithm.target_copy_every", "algorithm.huber_delta",
+            "algorithm.report_every",
             *(f"schedule.{name}.span" for name in SIGNALS))
-NOT_NEGATIVE = ("memory.error_threshold", "schedule.rmsprop_eps", "test_episodes_after_training",
+NOT_NEGATIVE = ("memory.error_threshold", "schedule.rmsprop_eps", "schedule.rmsprop_initial_scale",
+                "algorithm.warmup", "test_episodes_after_training",
                 "env.trace_threshold",
                 *(f"schedule.{name}.{end}" for name in SIGNALS for end in ("start", "end")))
 UNIT_INTERVAL = ("memory.discount", "memory.min_high_error_share", "env.repeat_action_probability",

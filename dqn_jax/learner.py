@@ -7,7 +7,7 @@ numbers and the network module only (never a config object):
 
 * ``update``: one gradient step on a batch;
 * the optimise loop: the memory's error split prepared once per call
-  (:func:`memory.prepare_sampling`), then iterations of sample -> gather -> update, run
+  (:func:`sampling.prepare_sampling`), then iterations of sample -> gather -> update, run
   in chunks inside ``lax.while_loop`` with the next chunk always queued, so the device
   never waits for the host (on a CPU, one jitted iteration per call instead; see
   :class:`Learner`).
@@ -26,16 +26,20 @@ import jax.numpy as jnp
 import optax
 
 from dqn_jax import memory as replay
+from dqn_jax import sampling
 
 
-def make_optimizer(decay: float = 0.9, eps: float = 1e-10, initial_scale: float = 1.0):
+def make_optimizer(decay: float = 0.9, eps: float = 1e-10, initial_scale: float = 1.0,
+                   centered: bool = False):
     """RMSProp with TF1 semantics: ms = decay*ms + (1-decay)*g^2, step = -lr*g/sqrt(ms+eps).
 
-    The accumulator starts at ``initial_scale`` (TF1: 1.0) and there is no momentum. The
-    learning rate lives in ``opt_state.hyperparams["learning_rate"]``.
+    The accumulator starts at ``initial_scale`` (TF1: 1.0) and there is no momentum.
+    ``centered`` divides by sqrt(ms - mg^2 + eps) instead, mg the mean gradient (the
+    Nature DQN's RMSProp). The learning rate lives in ``opt_state.hyperparams["learning_rate"]``.
     """
     return optax.inject_hyperparams(optax.rmsprop)(
-        learning_rate=1e-3, decay=decay, eps=eps, initial_scale=initial_scale, eps_in_sqrt=True
+        learning_rate=1e-3, decay=decay, eps=eps, initial_scale=initial_scale, eps_in_sqrt=True,
+        centered=centered,
     )
 
 
@@ -141,8 +145,8 @@ class Learner:
         """Sample an error-split batch, take one update step, record the loss."""
         ts, key, i, ring, _ = carry
         key, sample_key = jax.random.split(key)
-        idx = replay.sample_batch(sample_key, plan, self.batch_size)
-        states, targets = replay.gather_batch(memory, idx)
+        idx = sampling.sample_batch(sample_key, plan, self.batch_size)
+        states, targets = sampling.gather_batch(memory, idx)
         ts, loss = self._step(ts, states, targets, learning_rate)
         ring = ring.at[i % self.loss_window].set(loss)
         i = i + 1
@@ -171,7 +175,7 @@ class Learner:
 
     def _plan(self, memory):
         """The cycle's error split, made once per optimise: each batch then costs O(batch)."""
-        return replay.prepare_sampling(memory.errors.reshape(-1), replay.used_rows_mask(memory).reshape(-1),
+        return sampling.prepare_sampling(memory.errors.reshape(-1), replay.used_rows_mask(memory).reshape(-1),
                                     self.error_threshold, self.min_high_share, self.batch_size)
 
     def iteration_limits(self, used_states: int, min_epochs: float, max_epochs: float):

@@ -137,7 +137,7 @@ class TrainingLog:
     """
 
     def __init__(self, run_dir: Path, tracker, reward_history=(), console: bool = True):
-        self.tracker = tracker
+        self.tracker, self.run_dir = tracker, Path(run_dir)
         self.console = console
         self.window = RewardWindow(30, reward_history)
         self._rewards = CsvLog(Path(run_dir) / "rewards.csv", REWARD_FIELDS)
@@ -159,9 +159,18 @@ class TrainingLog:
 
     def cycle(self, cycle: int, states: int, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics(metrics, step=states)
-        self.say(f"cycle {cycle}: {metrics['cycle/iterations']:.0f} batches ({metrics['cycle/epochs']:.2f} "
-                 f"epochs), loss {metrics['cycle/loss']:.4f}, Q mean {metrics['q/mean']:.3f}, "
-                 f"learning rate {metrics['cycle/learning_rate']:.2e}")
+        line = f"cycle {cycle}: {metrics['cycle/iterations']:.0f} batches"
+        if "cycle/epochs" in metrics:
+            line += f" ({metrics['cycle/epochs']:.2f} epochs)"
+        if "cycle/loss" in metrics:
+            line += f", loss {metrics['cycle/loss']:.4f}, Q mean {metrics['q/mean']:.3f}"
+        self.say(f"{line}, learning rate {metrics['cycle/learning_rate']:.2e}")
+
+    def training_curves(self, every_seconds: float = 0.0) -> None:
+        """Draw the run's training curves and log them (at most every ``every_seconds``)."""
+        from dqn_jax import pictures  # matplotlib loads only when a run draws
+
+        pictures.log_training_curves(self.tracker, self.run_dir, every_seconds=every_seconds)
 
     def playing(self, cycle: int, states: int) -> tqdm:
         """A progress bar for filling the memory (``update(n)`` per step, ``close()``)."""

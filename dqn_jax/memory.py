@@ -9,9 +9,7 @@ and every operation is a pure function over it:
 * :func:`recompute_targets` walks each game's history backwards and turns the Q-values estimated
   while acting into training targets (the tutorial's backward sweep), exactly, either
   with a sequential ``lax.scan`` or in parallel with ``lax.associative_scan``;
-* :func:`prepare_sampling` splits the used states by error once per learning cycle;
-  :func:`sample_batch` then draws an error-split batch in O(batch), :func:`gather_batch`
-  reads it.
+* error-split batches are drawn from it by :mod:`dqn_jax.sampling`.
 
 States keep their own dtype (uint8 images), the network scales them; the memory never
 holds a float copy. Rows at and after ``count`` are stale and ignored everywhere.
@@ -39,7 +37,10 @@ class ReplayMemory:
     end_life: jax.Array  # bool (T, N): a life was lost at this step (terminal for the sweep)
     end_episode: jax.Array  # bool (T, N)
     errors: jax.Array  # float32 (T, N): |target - estimate| from the last sweep
-    count: jax.Array  # int32 scalar: rows in use
+    count: jax.Array  # int32 scalar: rows closed (at most ``steps`` unless circular)
+    # Circular (DQN): rows are written at count % steps, overwriting the oldest, and
+    # count keeps growing. Otherwise (the tutorial's) a full memory writes nothing.
+    circular: bool = flax.struct.field(pytree_node=False, default=False)
 
     @property
     def steps(self) -> int:
@@ -60,8 +61,9 @@ class ReplayMemory:
         return self.q_values.shape[-1]
 
 
-def init_memory(steps: int, num_games: int, state_shape, state_dtype, num_actions: int) -> ReplayMemory:
-    """An empty memory of ``steps`` rows for ``num_games`` games."""
+def init_memory(steps: int, num_games: int, state_shape, state_dtype, num_actions: int,
+                circular: bool = False) -> ReplayMemory:
+    """An empty memory of ``steps`` rows for ``num_games`` games (``circular``: see ReplayMemory)."""
     tn = (int(steps), int(num_games))
     return ReplayMemory(
         states=jnp.zeros(tn + tuple(state_shape), dtype=state_dtype),
@@ -72,7 +74,14 @@ def init_memory(steps: int, num_games: int, state_shape, state_dtype, num_action
         end_episode=jnp.zeros(tn, bool),
         errors=jnp.zeros(tn, jnp.float32),
         count=jnp.zeros((), jnp.int32),
+        circular=circular,
     )
+
+
+def _open_row(memory: ReplayMemory):
+    """The row the next step is written into (``steps``, out of range, when a memory that
+    is not circular is full)."""
+    return memory.count % memory.steps if memory.circular else memory.count
 
 
 def _put_row(table: jax.Array, row, value) -> jax.Array:
@@ -88,7 +97,7 @@ def record_decision(memory: ReplayMemory, states, q_values, actions) -> ReplayMe
     call that chose the actions: one dispatch per step, no state copy through the host.
     A full memory writes nothing.
     """
-    row = memory.count
+    row = _open_row(memory)
     return memory.replace(states=_put_row(memory.states, row, states),
                           q_values=_put_row(memory.q_values, row, q_values),
                           actions=_put_row(memory.actions, row, actions))
@@ -103,13 +112,13 @@ def record_outcome(memory: ReplayMemory, rewards, end_life, end_episode, reward_
     nothing and leaves ``count`` at ``steps``.
     """
     pending = jnp.asarray(pending, bool)
-    row = jnp.where(pending, memory.count, memory.steps)  # out of range: dropped
+    row = jnp.where(pending, _open_row(memory), memory.steps)  # out of range: dropped
     clipped = jnp.clip(jnp.asarray(rewards, jnp.float32), -reward_clip, reward_clip)
     return memory.replace(
         rewards=_put_row(memory.rewards, row, clipped),
         end_life=_put_row(memory.end_life, row, end_life),
         end_episode=_put_row(memory.end_episode, row, end_episode),
-        count=jnp.minimum(memory.count + pending.astype(jnp.int32), memory.steps).astype(jnp.int32),
+        count=_closed_count(memory, pending.astype(jnp.int32)),
     )
 
 
@@ -122,6 +131,11 @@ def add(memory: ReplayMemory, states, q_values, actions, rewards, end_life, end_
     """
     memory = record_decision(memory, states, q_values, actions)
     return record_outcome(memory, rewards, end_life, end_episode, reward_clip)
+
+
+def _closed_count(memory: ReplayMemory, closed) -> jax.Array:
+    count = memory.count + closed
+    return (count if memory.circular else jnp.minimum(count, memory.steps)).astype(jnp.int32)
 
 
 # The memory is donated so the (multi-GB) buffers are updated in place.
@@ -304,103 +318,3 @@ def target_cache_sizes() -> dict[str, int]:
     sizes = {"prepare": _prepare._cache_size(), "write_targets": _write_targets._cache_size()}
     sizes.update({f"row_max_{name}": fn._cache_size() for name, fn in _ROW_MAX.items()})
     return sizes
-
-
-# ------------------------------------------------------------------------- sampling
-
-
-class SamplingPlan(NamedTuple):
-    """One learning cycle's error split, prepared once so that a batch costs O(batch)."""
-
-    order: jax.Array  # int32 (T*N,): flat indices of the used high-error, used low-error, other states
-    available: jax.Array  # int32 (2,): used high-error and low-error states
-    quota: jax.Array  # int32 (2,): n_hi, n_lo per batch
-
-
-def prepare_sampling(errors_flat, used_mask, threshold, min_high_share, batch_size: int) -> SamplingPlan:
-    """The high/low-error groups and per-batch quotas (the tutorial's ``prepare_sampling_prob``).
-
-    Among the used states, "low error" means error < threshold, "high error" the rest.
-    A batch takes n_hi = int(max(high share, min_high_share) * batch_size) high-error
-    states and n_lo = batch_size - n_hi low-error ones. A group holding fewer states
-    than its quota gives all of them and the other group fills the rest of the batch.
-    """
-    batch_size, errors_flat, used_mask = int(batch_size), errors_flat.reshape(-1), used_mask.reshape(-1)
-    high, low = used_mask & (errors_flat >= threshold), used_mask & (errors_flat < threshold)
-    hi_avail, lo_avail = jnp.sum(high, dtype=jnp.int32), jnp.sum(low, dtype=jnp.int32)
-    n_used = hi_avail + lo_avail
-
-    # int(max(share, m) * B) == max(floor(share * B), floor(m * B)); the first in exact integers.
-    from_share = (hi_avail * batch_size) // jnp.maximum(n_used, 1)
-    from_min = jnp.floor(min_high_share * batch_size).astype(jnp.int32)
-    n_hi = jnp.minimum(jnp.maximum(from_share, from_min), batch_size)
-    # Short groups: take what exists and let the other group make up the difference.
-    n_hi = jnp.clip(n_hi, batch_size - lo_avail, hi_avail)
-    n_lo = jnp.minimum(batch_size - n_hi, lo_avail)
-
-    # A stable partition (high, low, unused) by running counts: O(memory), once per cycle.
-    unused = ~(high | low)
-    slot = jnp.where(high, jnp.cumsum(high, dtype=jnp.int32) - 1,
-                     jnp.where(low, hi_avail + jnp.cumsum(low, dtype=jnp.int32) - 1,
-                               n_used + jnp.cumsum(unused, dtype=jnp.int32) - 1))
-    order = jnp.zeros_like(slot).at[slot].set(jnp.arange(slot.shape[0], dtype=jnp.int32))
-    return SamplingPlan(order, jnp.stack([hi_avail, lo_avail]), jnp.stack([n_hi, n_lo]))
-
-
-def _distinct(key, n, size: int):
-    """``size`` distinct integers from [0, n) in random order (the first min(n, size) slots
-    when n < size; the rest are 0): a uniform draw without replacement.
-
-    Uniform integers are drawn in blocks and kept, in draw order, when not seen before,
-    which is exactly sequential sampling without replacement. One block of 2 x size
-    nearly always suffices when n is much larger than ``size``; near n = size a few do.
-    The work per block is O(size^2) small comparisons, independent of the memory's size.
-    """
-    block = 2 * size
-    wanted = jnp.minimum(n, size)
-    earlier = jnp.tril(jnp.ones((block, block), bool), -1)
-
-    def draw(carry):
-        key, chosen, filled = carry
-        key, pick = jax.random.split(key)
-        candidates = jax.random.randint(pick, (block,), 0, jnp.maximum(n, 1), dtype=jnp.int32)
-        kept = jnp.arange(size) < filled
-        seen = jnp.any((candidates[:, None] == chosen[None, :]) & kept, axis=1)
-        repeat = jnp.any((candidates[:, None] == candidates[None, :]) & earlier, axis=1)
-        new = ~seen & ~repeat
-        slot = filled + jnp.cumsum(new) - 1
-        chosen = chosen.at[jnp.where(new & (slot < wanted), slot, size)].set(candidates, mode="drop")
-        return key, chosen, jnp.minimum(filled + jnp.sum(new, dtype=jnp.int32), wanted)
-
-    carry = (key, jnp.zeros((size,), jnp.int32), jnp.zeros((), jnp.int32))
-    return jax.lax.while_loop(lambda carry: carry[2] < wanted, draw, carry)[1]
-
-
-def sample_batch(key, plan: SamplingPlan, batch_size: int) -> jax.Array:
-    """Flat indices (into T*N) of one error-split batch, int32 (batch_size,), from ``plan``.
-
-    n_hi high-error then n_lo low-error states, each group drawn uniformly without
-    replacement (as the tutorial's ``np.random.choice(..., replace=False)``), so no
-    state appears twice. Only when the used memory holds fewer states than a batch do
-    states repeat (each used state then appears about equally often). The result is
-    undefined for an empty memory.
-    """
-    batch_size = int(batch_size)
-    keys = jax.random.split(key)
-    picks = jax.vmap(_distinct, in_axes=(0, 0, None))(keys, plan.available, batch_size)
-    n_hi, n_lo = plan.quota[0], plan.quota[1]
-    # Position j takes the j-th high-error pick, then the low-error picks; when the
-    # memory is smaller than a batch, positions wrap around the n_hi + n_lo distinct picks.
-    pos = jnp.arange(batch_size) % jnp.maximum(n_hi + n_lo, 1)
-    from_high = pos < n_hi
-    in_group = jnp.where(from_high, picks[0, pos], picks[1, jnp.clip(pos - n_hi, 0, batch_size - 1)])
-    offset = jnp.where(from_high, 0, plan.available[0])
-    return plan.order[in_group + offset]
-
-
-def gather_batch(memory: ReplayMemory, idx) -> tuple[jax.Array, jax.Array]:
-    """States and Q-targets at flat indices ``idx`` (flat index = t * num_games + game)."""
-    tn = memory.capacity
-    states = memory.states.reshape((tn,) + memory.states.shape[2:])[idx]
-    targets = memory.q_values.reshape(tn, memory.num_actions)[idx]
-    return states, targets

@@ -175,23 +175,16 @@ class _TrainHarness:
     """What app.run_train sets up, kept so that runs can alternate in one process."""
 
     def __init__(self, root: Path, overrides):
-        from dqn_jax import agent
         from dqn_jax.app import Parts
         from dqn_jax.config import num_envs
         from dqn_jax.envs import make_games
-        from dqn_jax.learner import Learner
-        from dqn_jax.schedules import ControlSignals
 
         self.root = root
         self.cfg = _compose([f"paths.root={root}", "progress=false", "checkpoint.resume=false", *overrides])
         cfg = self.cfg
         self.games = make_games(cfg.env, num_envs(cfg.env), cfg.seed)
         self.parts = Parts(cfg, self.games, cfg.seed)
-        self.signals = ControlSignals.from_config(cfg.schedule)
-        self.learner = Learner(self.parts.network, self.parts.optimizer, cfg.memory.batch_size,
-                               cfg.memory.error_threshold, cfg.memory.min_high_error_share,
-                               cfg.schedule.loss_window)
-        self.player = agent.Player(self.parts.network, cfg.env, self.signals.epsilon, cfg.memory.reward_clip)
+        self.cycle = None  # built by the first run, reused by the others
         self.runs = 0
         self.send_share: list[float] = []  # MLflow runs: the tracker's CPU time sending / run time
 
@@ -200,15 +193,21 @@ class _TrainHarness:
         import jax.tree_util as tu
 
         from dqn_jax import agent
+        from dqn_jax.app import build_cycle
         from dqn_jax.checkpoints import Checkpointer
+        from dqn_jax.logs import TrainingLog
 
         run_dir.mkdir(parents=True, exist_ok=True)
         checkpointer = Checkpointer(run_dir / "checkpoints", self.cfg.checkpoint.keep)
         train_state = tu.tree_map(jnp.copy, self.parts.train_state)
-        return agent.train(self.cfg, games=self.games, player=self.player, learner=self.learner,
-                           signals=self.signals, train_state=train_state, key=self.parts.key,
-                           counters=agent.Counters(), checkpointer=checkpointer, tracker=tracker,
-                           run_dir=run_dir)
+        log = TrainingLog(run_dir, tracker, console=self.cfg.progress)
+        if self.cycle is None:
+            self.cycle = build_cycle(self.cfg, self.games, self.parts, checkpointer, log)
+        else:  # the same player and learner: compiled once for all the runs
+            self.cycle.checkpointer, self.cycle.log = checkpointer, log
+        cycle = self.cycle
+        return agent.train(cycle, train_state=train_state, key=self.parts.key, counters=agent.Counters(),
+                           seed=self.cfg.seed)
 
     def test(self, params, key, episodes: int, max_states: int | None = None) -> dict:
         """The tutorial's test statistics over ``episodes`` episodes with the test epsilon."""
@@ -218,8 +217,8 @@ class _TrainHarness:
 
         player = agent.Player(self.parts.network, self.cfg.env,
                               optax.constant_schedule(self.cfg.schedule.epsilon_test))
-        return agent.test(self.cfg, games=self.games, player=player, params=params, key=key,
-                          episodes=episodes, max_states=max_states)
+        return agent.test(games=self.games, player=player, params=params, key=key, episodes=episodes,
+                          seed=self.cfg.seed, progress=self.cfg.progress, max_states=max_states)
 
     def seconds(self, logger: str) -> float:
         """Wall-clock seconds of one training run (train() and the final flush)."""

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dqn_jax import learner as L  # noqa: E402
 from dqn_jax import memory as replay  # noqa: E402
+from dqn_jax import sampling  # noqa: E402
 from dqn_jax.config import NetworkConfig  # noqa: E402
 from dqn_jax.networks import count_params, make_network  # noqa: E402
 
@@ -205,8 +206,8 @@ def bench_sampler(states: int = 200_000, batch_size: int = 128, batches: int = 2
         return run
 
     old = looped(lambda k, e, u: old_sample_indices(k, e, u, 0.1, 0.5, batch_size))
-    new = looped(lambda k, plan: replay.sample_batch(k, plan, batch_size))
-    prepare = jax.jit(replay.prepare_sampling, static_argnums=4)
+    new = looped(lambda k, plan: sampling.sample_batch(k, plan, batch_size))
+    prepare = jax.jit(sampling.prepare_sampling, static_argnums=4)
     plan = prepare(errors, used, 0.1, 0.5, batch_size)
     key = jax.random.key(0)
     old(key, errors, used).block_until_ready()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dqn_jax.agent import rows_before_learning, state_spec
+from dqn_jax.agent import state_spec
 from dqn_jax.config import EnvConfig
+from dqn_jax.hvass import rows_before_learning
 from dqn_jax.schedules import linear_signal
 
 
@@ -30,8 +31,8 @@ def test_rows_before_learning_matches_the_per_step_check(count, steps, games):
 
 def test_state_spec_frames_with_trace_or_vectors():
     assert state_spec(EnvConfig(), (105, 80), np.uint8) == ((105, 80, 2), np.dtype(np.uint8))
-    assert state_spec(EnvConfig(motion_trace=False), (105, 80), np.uint8)[0] == (105, 80, 1)
-    vec = EnvConfig(kind="gymnasium", motion_trace=False)
+    assert state_spec(EnvConfig(encoding="frame"), (105, 80), np.uint8)[0] == (105, 80, 1)
+    vec = EnvConfig(kind="gymnasium", encoding="frame")
     assert state_spec(vec, (4,), np.float32) == ((4,), np.dtype(np.float32))
 
 
@@ -52,8 +53,8 @@ def test_test_plays_every_episode_unless_given_a_state_limit(tmp_path):
     params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
     player = Player(network, cfg.env, linear_signal(1.0, 1.0, 1))  # random play: episodes of ~20 states
     try:
-        full = test(cfg, games=games, player=player, params=params, key=jax.random.PRNGKey(1), episodes=4)
-        capped = test(cfg, games=games, player=player, params=params, key=jax.random.PRNGKey(1), episodes=4,
+        full = test(games=games, player=player, params=params, key=jax.random.PRNGKey(1), episodes=4, progress=cfg.progress)
+        capped = test(games=games, player=player, params=params, key=jax.random.PRNGKey(1), episodes=4,
                       max_states=cfg.steps)
     finally:
         games.close()
@@ -79,7 +80,7 @@ def test_test_mode_lines_number_each_episode_once_and_show_the_last_30_mean(tmp_
     params = network.init(jax.random.PRNGKey(0), np.zeros((1, *shape), dtype))
     player = Player(network, cfg.env, linear_signal(1.0, 1.0, 1))
     try:
-        stats = test(cfg, games=games, player=player, params=params, key=jax.random.PRNGKey(1), episodes=4)
+        stats = test(games=games, player=player, params=params, key=jax.random.PRNGKey(1), episodes=4, progress=cfg.progress)
     finally:
         games.close()
     pattern = re.compile(r"game +(\d+) episode +(\d+):\d+ .* lives (\d+)  reward +([-\d.]+)  "

@@ -9,8 +9,8 @@ import pytest
 
 from dqn_jax import memory as replay
 from dqn_jax.agent import Player, state_spec
-from dqn_jax.memory import resolve_target_method
 from dqn_jax.config import EnvConfig, NetworkConfig
+from dqn_jax.memory import resolve_target_method
 from dqn_jax.motion import TracerState
 from dqn_jax.networks import make_network
 from dqn_jax.policy import epsilon_greedy
@@ -114,7 +114,7 @@ def test_the_state_count_goes_past_2_to_the_31_without_overflow():
 
     network = make_network(NetworkConfig(name="mlp", dense=[4]), 2)
     params = network.init(jax.random.PRNGKey(0), np.zeros((1, 4), np.float32))
-    player = Player(network, EnvConfig(kind="gymnasium", motion_trace=False), linear_signal(1.0, 0.1, 1e9))
+    player = Player(network, EnvConfig(kind="gymnasium", encoding="frame"), linear_signal(1.0, 0.1, 1e9))
     frames, restart = np.zeros((2, 4), np.float32), np.ones(2, bool)
     for count, expected in ((0, 1.0), (500_000_000, 0.55), (3_000_000_000, 0.1), (5_000_000_000, 0.1)):
         *_, epsilon = player.act(params, None, frames, restart, jax.random.PRNGKey(1), count)

@@ -14,6 +14,7 @@ import pytest
 
 from dqn_jax import learner as L
 from dqn_jax import memory as replay
+from dqn_jax import sampling
 from dqn_jax.config import NetworkConfig
 from dqn_jax.networks import compute_dtypes, make_network
 from tests.test_learner import linear_network, new_state, toy_memory
@@ -81,8 +82,8 @@ def test_sampler_on_the_gpu_draws_the_cpus_batches(gpu, cpu):
     errors = jnp.asarray(rng.exponential(0.1, 200_000), jnp.float32)
     used = jnp.asarray(np.arange(200_000) < 150_000)
     keys = jax.random.split(jax.random.key(3), 64)
-    draw = jax.jit(jax.vmap(replay.sample_batch, in_axes=(0, None, None)), static_argnums=2)
-    prepare = jax.jit(replay.prepare_sampling, static_argnums=4)
+    draw = jax.jit(jax.vmap(sampling.sample_batch, in_axes=(0, None, None)), static_argnums=2)
+    prepare = jax.jit(sampling.prepare_sampling, static_argnums=4)
     out = []
     for where in (gpu, cpu):
         plan = prepare(on(where, errors), on(where, used), 0.1, 0.5, 128)

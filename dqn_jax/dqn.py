@@ -1,0 +1,218 @@
+"""DQN and Double DQN beside the tutorial's method (``algorithm=dqn``, ``algorithm=double_dqn``).
+
+The Nature DQN (Mnih et al. 2015) and Double DQN (van Hasselt et al. 2016) share the
+games, state encodings, networks, acting step, memory storage, checkpoints, tracking
+and test mode with the tutorial's method. What is theirs:
+
+* the replay memory is circular (``ReplayMemory.circular``) and kept across updates; a
+  transition is a row of one game and the next row of the same game;
+* after ``warmup`` states, one gradient step every ``train_every`` states on a uniform
+  batch: the Huber loss of Q(s, a) against r + discount * V(s'), V from a target network
+  (Double DQN: the action of the online network, the value of the target network);
+* the target network is a copy of the network taken every ``target_copy_every`` steps.
+
+:func:`sample_transitions` and :func:`td_targets` are pure; :class:`Update` jits one
+gradient step (sample, targets, loss, RMSProp, target copy) once. :class:`DqnCycle`
+plays ``report_every`` states with the gradient steps among them, then logs the cycle
+and the training loop checkpoints it. The memory is not checkpointed (GBs for
+each checkpoint): a resumed run fills it again and warms up before its next step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from dqn_jax import memory as replay
+from dqn_jax.agent import Acting, Counters, Cycle, Played, step_games
+from dqn_jax.faults import check_cycle
+from dqn_jax.learner import TrainState, set_learning_rate
+
+ALGORITHMS = ("dqn", "double_dqn")
+
+
+@flax.struct.dataclass
+class TargetTrainState(TrainState):
+    target_params: dict  # the target network's variables: a copy of params, refreshed every C steps
+
+
+def with_target(state: TrainState) -> TargetTrainState:
+    """``state`` with a target network equal to its network (a copy, not shared buffers)."""
+    return TargetTrainState(params=state.params, opt_state=state.opt_state, updates=state.updates,
+                            target_params=jax.tree_util.tree_map(jnp.copy, state.params))
+
+
+class Transitions(NamedTuple):
+    states: jax.Array  # (B, ...) the state a decision was taken in
+    actions: jax.Array  # int32 (B,)
+    rewards: jax.Array  # float32 (B,), clipped
+    terminal: jax.Array  # bool (B,): a life or the episode ended (no value after it)
+    next_states: jax.Array  # (B, ...) the same game's next state
+
+
+def sample_transitions(key, memory: replay.ReplayMemory, batch_size: int) -> Transitions:
+    """A uniform batch (with replacement, as the paper) of the memory's complete transitions.
+
+    A row's transition is complete when its outcome is recorded and the next row holds
+    the next state: positions count-n .. count-1 with n = min(count, steps - 1), where
+    ``count`` rows are closed and row ``count`` holds the states just decided on (the
+    row before the oldest was overwritten by them). Needs ``count`` >= 1.
+    """
+    back_key, game_key = jax.random.split(key)
+    available = jnp.minimum(memory.count, memory.steps - 1)
+    position = memory.count - 1 - jax.random.randint(back_key, (batch_size,), 0, available)
+    row, next_row = position % memory.steps, (position + 1) % memory.steps
+    game = jax.random.randint(game_key, (batch_size,), 0, memory.num_games)
+    return Transitions(memory.states[row, game], memory.actions[row, game], memory.rewards[row, game],
+                       memory.end_life[row, game] | memory.end_episode[row, game],
+                       memory.states[next_row, game])
+
+
+def td_targets(rewards, terminal, next_q_target, next_q_online, discount, double: bool) -> jax.Array:
+    """r + discount * V(s'), 0 after a terminal: V = max_a Q_target(s', a) (DQN), or
+    Q_target(s', argmax_a Q_online(s', a)) (Double DQN)."""
+    if double:
+        best = jnp.argmax(next_q_online, axis=-1)
+        next_value = jnp.take_along_axis(next_q_target, best[:, None], axis=-1)[:, 0]
+    else:
+        next_value = jnp.max(next_q_target, axis=-1)
+    return rewards + discount * jnp.where(terminal, 0.0, next_value)
+
+
+def huber_td_loss(q, actions, targets, delta: float) -> tuple[jax.Array, jax.Array]:
+    """The mean Huber loss of Q(s, a) against ``targets`` (quadratic within ``delta``, the
+    paper's error clipping); returns (loss, Q(s, a))."""
+    taken = jnp.take_along_axis(q, actions[:, None], axis=-1)[:, 0]
+    return jnp.mean(optax.huber_loss(taken, targets, delta=delta)), taken
+
+
+class Stats(NamedTuple):
+    """Sums over a cycle's gradient steps, kept on the device (no host sync per step)."""
+
+    loss: jax.Array
+    q: jax.Array  # sum of the batch means of Q(s, a)
+    q_min: jax.Array
+    q_max: jax.Array
+    steps: jax.Array
+
+    @classmethod
+    def zeros(cls) -> Stats:
+        f32 = jnp.float32
+        return cls(jnp.zeros((), f32), jnp.zeros((), f32), jnp.full((), jnp.inf, f32),
+                   jnp.full((), -jnp.inf, f32), jnp.zeros((), jnp.int32))
+
+
+class Update:
+    """One DQN gradient step, jitted once; ``train_state`` and ``stats`` are donated."""
+
+    def __init__(self, network, optimizer, *, batch_size: int, discount: float, huber_delta: float,
+                 double: bool, target_copy_every: int):
+        self.network, self.optimizer, self.batch_size = network, optimizer, int(batch_size)
+        self.discount, self.huber_delta, self.double = float(discount), float(huber_delta), bool(double)
+        self.target_copy_every = int(target_copy_every)
+        self._jit = jax.jit(self._step, donate_argnums=(0, 1))
+
+    def __call__(self, train_state: TargetTrainState, stats: Stats, memory, key, learning_rate):
+        """Returns (train_state, stats, key)."""
+        return self._jit(train_state, stats, memory, key, learning_rate)
+
+    def _step(self, state: TargetTrainState, stats: Stats, memory, key, learning_rate):
+        key, pick = jax.random.split(key)
+        batch = sample_transitions(pick, memory, self.batch_size)
+        apply = self.network.apply
+        next_online = apply(state.params, batch.next_states) if self.double else None
+        targets = td_targets(batch.rewards, batch.terminal, apply(state.target_params, batch.next_states),
+                             next_online, self.discount, self.double)
+
+        def loss_fn(params):
+            return huber_td_loss(apply(params, batch.states), batch.actions, jax.lax.stop_gradient(targets),
+                                 self.huber_delta)
+
+        (loss, taken), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        opt_state = set_learning_rate(state.opt_state, learning_rate)
+        updates, opt_state = self.optimizer.update(grads, opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        count = state.updates + 1
+        target = jax.lax.cond(count % self.target_copy_every == 0, lambda: params, lambda: state.target_params)
+        stats = Stats(stats.loss + loss, stats.q + jnp.mean(taken), jnp.minimum(stats.q_min, jnp.min(taken)),
+                      jnp.maximum(stats.q_max, jnp.max(taken)), stats.steps + 1)
+        return TargetTrainState(params, opt_state, count, target), stats, key
+
+    def cache_size(self) -> int:
+        return self._jit._cache_size()
+
+
+class DqnCycle(Cycle):
+    """Play ``report_every`` states with a gradient step every ``train_every`` states
+    (after the warm-up), then log the cycle; the memory is kept."""
+
+    def __init__(self, *parts, update: Update, memory_steps: int, state: tuple, reward_clip: float,
+                 warmup: int, train_every: int, report_every: int):
+        super().__init__(*parts)
+        self.update, self.steps, self.state, self.reward_clip = update, memory_steps, state, reward_clip
+        self.warmup, self.train_every, self.report_every = warmup, train_every, report_every
+        self.recorded = 0  # states in the memory since it was made (it is not checkpointed)
+        self.credit = 0  # states recorded after the warm-up and not yet trained on
+
+    def empty_memory(self) -> replay.ReplayMemory:
+        self.recorded = self.credit = 0
+        return replay.init_memory(self.steps, self.games.num_envs, *self.state, self.games.num_actions,
+                                  circular=True)
+
+    def play(self, memory, acting: Acting, train_state, key, counters: Counters, stop_request):
+        """Play a cycle's states, training as they come (see :class:`agent.Cycle`). The
+        gradient steps donate the train state, so a Ctrl-C ends the cycle at the next step
+        rather than raising in the middle of it."""
+        num_games = self.games.num_envs
+        rows = math.ceil(self.report_every / num_games)
+        learning_rate = jnp.float32(self.signals.values(counters.states)["learning_rate"])
+        stats, played, outcome = Stats.zeros(), 0, None
+        bar, start = self.log.playing(counters.cycles + 1, rows * num_games), time.perf_counter()
+        with stop_request.deferred():
+            while played < rows * num_games and self.budget.left(counters) and not stop_request.requested:
+                memory, key, tracer, actions, epsilon = self.player.play(
+                    train_state.params, memory, acting.tracer, acting.frames, acting.restart, key,
+                    counters.states, outcome and outcome.memory_row())
+                acting, outcome = step_games(self.games, acting, actions, tracer)
+                counters.states += num_games
+                played += num_games
+                self.recorded += num_games
+                if self.recorded > max(self.warmup, num_games):  # a complete transition is held
+                    self.credit += num_games
+                while self.credit >= self.train_every:
+                    train_state, stats, key = self.update(train_state, stats, memory, key, learning_rate)
+                    self.credit -= self.train_every
+                self.record_episodes(outcome, counters, epsilon)
+                bar.update(num_games)
+        bar.close()
+        if outcome is None:
+            return memory, acting, train_state, key, None
+        memory = replay.record_outcome_jit(memory, *outcome.memory_row(), self.reward_clip)
+        return memory, acting, train_state, key, Played(played, time.perf_counter() - start, stats)
+
+    def learn(self, memory, train_state, key, counters: Counters, played: Played, stop=None):
+        """Log the cycle's gradient steps and check them; the memory is kept."""
+        cycle, values = counters.cycles + 1, self.signals.values(counters.states)
+        stats = jax.device_get(played.stats)
+        steps = int(stats.steps)
+        metrics = {"cycle/iterations": float(steps), "cycle/learning_rate": values["learning_rate"],
+                   "cycle/states_per_second": played.states / max(played.seconds, 1e-9),
+                   "cycle/play_seconds": played.seconds, "cycle/count": float(cycle),
+                   "cycle/updates": float(train_state.updates), "memory/states": float(min(
+                       self.recorded, self.steps * self.games.num_envs))}
+        loss = None
+        if steps:
+            loss = float(stats.loss) / steps
+            metrics.update({"cycle/loss": loss, "q/mean": float(stats.q) / steps,
+                            "q/min": float(stats.q_min), "q/max": float(stats.q_max)})
+        counters.cycles = cycle
+        self.log.cycle(cycle, counters.states, metrics)
+        check_cycle(cycle=cycle, states=counters.states, signals=values,
+                    values={"batch loss": loss if loss is not None else 0.0}, params=train_state.params)
+        return memory, train_state, key, loss

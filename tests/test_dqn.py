@@ -1,0 +1,205 @@
+"""DQN and Double DQN: each piece against a plain reference written here, then end to end."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dqn_jax import dqn
+from dqn_jax import memory as replay
+from dqn_jax.learner import create_train_state, make_optimizer
+from dqn_jax.networks import make_network
+
+# ------------------------------------------------------------------------ references
+
+
+def reference_targets(rewards, terminal, next_q_target, next_q_online, discount, double):
+    out = []
+    for r, done, q_t, q_o in zip(rewards, terminal, next_q_target, next_q_online, strict=True):
+        if done:
+            out.append(r)
+            continue
+        action = int(np.argmax(q_o)) if double else int(np.argmax(q_t))
+        out.append(r + discount * q_t[action])
+    return np.array(out, np.float32)
+
+
+def reference_huber(x, delta):
+    x = abs(x)
+    return 0.5 * x * x if x <= delta else delta * (x - 0.5 * delta)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_td_targets_match_the_reference(double):
+    rng = np.random.default_rng(0)
+    b, a = 64, 4
+    rewards = rng.choice([-1.0, 0.0, 1.0], b).astype(np.float32)
+    terminal = rng.random(b) < 0.2
+    q_target, q_online = rng.normal(size=(b, a)).astype(np.float32), rng.normal(size=(b, a)).astype(np.float32)
+    got = dqn.td_targets(rewards, terminal, q_target, q_online, 0.99, double)
+    np.testing.assert_allclose(got, reference_targets(rewards, terminal, q_target, q_online, 0.99, double),
+                               rtol=1e-6)
+
+
+def test_double_dqn_takes_the_online_networks_action_and_the_target_networks_value():
+    q_target = np.array([[5.0, 1.0, 0.0]], np.float32)  # the target network prefers action 0
+    q_online = np.array([[0.0, 2.0, 9.0]], np.float32)  # the online network prefers action 2
+    args = (np.array([1.0], np.float32), np.array([False]), q_target, q_online, 0.5)
+    assert float(dqn.td_targets(*args, double=False)[0]) == 1.0 + 0.5 * 5.0
+    assert float(dqn.td_targets(*args, double=True)[0]) == 1.0 + 0.5 * 0.0
+
+
+def test_huber_loss_matches_the_reference_on_both_sides_of_delta():
+    q = np.array([[0.0, 1.0], [2.0, -3.0], [0.5, 0.5], [10.0, 0.0]], np.float32)
+    actions = np.array([1, 1, 0, 0])
+    targets = np.array([1.5, -3.2, 0.5, -2.0], np.float32)  # errors 0.5, 0.2, 0, 12
+    loss, taken = dqn.huber_td_loss(q, actions, targets, 1.0)
+    np.testing.assert_allclose(taken, [1.0, -3.0, 0.5, 10.0])
+    expected = np.mean([reference_huber(t - g, 1.0) for t, g in zip(taken, targets, strict=True)])
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert float(dqn.huber_td_loss(q, actions, targets, 20.0)[0]) == pytest.approx(
+        np.mean([0.5 * (t - g) ** 2 for t, g in zip(taken, targets, strict=True)]), rel=1e-6)
+
+
+def circular_memory(steps=5, games=3, rows=12):
+    """A circular memory after ``rows`` steps; a state holds (its position, its game)."""
+    memory = replay.init_memory(steps, games, (2,), jnp.int32, 2, circular=True)
+    for t in range(rows):
+        states = np.stack([np.full(games, t), np.arange(games)], axis=1)
+        memory = replay.add(memory, states, np.zeros((games, 2)), np.full(games, t % 2),
+                            np.full(games, float(t)), np.zeros(games, bool), np.full(games, t % 4 == 3),
+                            reward_clip=100.0)
+    return memory
+
+
+def test_a_circular_memory_overwrites_its_oldest_row_and_keeps_counting():
+    memory = circular_memory(steps=5, rows=12)
+    assert int(memory.count) == 12
+    # positions 7..11 are held, position p in row p % 5
+    np.testing.assert_array_equal(np.asarray(memory.states)[:, 0, 0], [10, 11, 7, 8, 9])
+    full = replay.init_memory(5, 3, (2,), jnp.int32, 2)  # the tutorial's memory: stops when full
+    for t in range(7):
+        full = replay.add(full, np.full((3, 2), t), np.zeros((3, 2)), np.zeros(3, int), np.zeros(3),
+                          np.zeros(3, bool), np.zeros(3, bool))
+    assert int(full.count) == 5 and np.asarray(full.states)[:, 0, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_transitions_are_consecutive_positions_of_one_game_drawn_uniformly():
+    steps, games, rows = 5, 3, 12
+    memory = circular_memory(steps, games, rows)
+    # As while acting: the next decision is written into row `count` before a step.
+    memory = replay.record_decision(memory, np.stack([np.full(games, rows), np.arange(games)], 1),
+                                    np.zeros((games, 2)), np.zeros(games, int))
+    sample = jax.jit(dqn.sample_transitions, static_argnums=2)
+    batch = jax.device_get(sample(jax.random.PRNGKey(0), memory, 6000))
+    position, game = batch.states[:, 0], batch.states[:, 1]
+    np.testing.assert_array_equal(batch.next_states[:, 0], position + 1)  # the same game's next state
+    np.testing.assert_array_equal(batch.next_states[:, 1], game)
+    np.testing.assert_array_equal(batch.rewards, position.astype(np.float32))
+    np.testing.assert_array_equal(batch.actions, position % 2)
+    np.testing.assert_array_equal(batch.terminal, position % 4 == 3)
+    # complete transitions: positions 8..11 (7 was overwritten by the decision at 12)
+    assert set(position.tolist()) == {8, 9, 10, 11} and set(game.tolist()) == {0, 1, 2}
+    counts = np.bincount((position - 8) * games + game, minlength=12)
+    assert counts.min() > 6000 / 12 * 0.8 and counts.max() < 6000 / 12 * 1.2
+
+
+def tiny_update(copy_every: int, double: bool = False):
+    network = make_network_mlp()
+    optimizer = make_optimizer(0.95, 0.01, 0.0, centered=True)
+    state = create_train_state(network, jax.random.PRNGKey(0), jnp.zeros((1, 2)), optimizer)
+    update = dqn.Update(network, optimizer, batch_size=8, discount=0.9, huber_delta=1.0, double=double,
+                        target_copy_every=copy_every)
+    return dqn.with_target(state), update
+
+
+def make_network_mlp():
+    from dqn_jax.config import NetworkConfig
+
+    return make_network(NetworkConfig(name="mlp", dense=[8]), 2)
+
+
+def leaves(tree):
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def test_the_target_network_is_copied_every_c_steps_and_held_in_between():
+    state, update = tiny_update(copy_every=3)
+    memory = circular_memory(steps=6, games=2, rows=8)
+    memory = memory.replace(states=memory.states.astype(jnp.float32))
+    stats, key = dqn.Stats.zeros(), jax.random.PRNGKey(1)
+    copied = leaves(state.params)
+    for step in range(1, 8):
+        before = leaves(state.params)
+        state, stats, key = update(state, stats, memory, key, jnp.float32(1e-2))
+        params, target = leaves(state.params), leaves(state.target_params)
+        assert any(not np.array_equal(p, q) for p, q in zip(params, before, strict=True))  # it learns
+        if step % 3 == 0:
+            copied = params
+        for t, c in zip(target, copied, strict=True):
+            np.testing.assert_array_equal(t, c)
+    assert int(state.updates) == 7 and int(stats.steps) == 7
+    # the copy is the target's own buffer: donating the state again must not clash
+    state, stats, key = update(state, stats, memory, key, jnp.float32(1e-2))
+    assert update.cache_size() == 1
+
+
+def test_one_update_is_the_reference_gradient_step():
+    """The loss the update reports is the reference Huber loss of its own batch."""
+    state, update = tiny_update(copy_every=100, double=True)
+    memory = circular_memory(steps=6, games=2, rows=8)
+    memory = memory.replace(states=memory.states.astype(jnp.float32))
+    key = jax.random.PRNGKey(3)
+    _, pick = jax.random.split(key)
+    batch = jax.device_get(dqn.sample_transitions(pick, memory, 8))
+    apply = update.network.apply
+    q, q_next_t = np.asarray(apply(state.params, batch.states)), np.asarray(apply(state.target_params,
+                                                                                batch.next_states))
+    q_next_o = np.asarray(apply(state.params, batch.next_states))
+    targets = reference_targets(batch.rewards, batch.terminal, q_next_t, q_next_o, 0.9, True)
+    expected = np.mean([reference_huber(q[i, a] - targets[i], 1.0) for i, a in enumerate(batch.actions)])
+    _, stats, _ = update(state, dqn.Stats.zeros(), memory, key, jnp.float32(1e-3))
+    assert float(stats.loss) == pytest.approx(expected, rel=1e-5)
+
+
+# ------------------------------------------------------------------------ end to end
+
+
+@pytest.mark.parametrize("algorithm, encoding", [("dqn", "motion_trace"), ("double_dqn", "frame_stack")])
+def test_each_algorithm_trains_checkpoints_and_resumes(tmp_path, algorithm, encoding):
+    """A few hundred states of real Breakout, then the same command resumes: the target
+    network and the update count come back from the checkpoint."""
+    from dqn_jax.app import Parts
+    from dqn_jax.checkpoints import Checkpointer
+    from dqn_jax.config import num_envs
+    from dqn_jax.envs import make_games
+    from tests.conftest import TINY, compose_config, run_app
+
+    args = [*TINY, f"algorithm={algorithm}", "algorithm.warmup=100", "algorithm.report_every=200",
+            "algorithm.target_copy_every=7", "memory.batch_size=8", f"env.encoding={encoding}", "logger=none"]
+    first = run_app([*args, "steps=400"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = run_app([*args, "steps=600"], cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "resuming from" in second.stdout and "400 states" in second.stdout
+    cfg = compose_config([*args, "steps=600"], tmp_path)
+    games = make_games(cfg.env, num_envs(cfg.env), cfg.seed)
+    checkpoints = Checkpointer(tmp_path / "runs" / "breakout" / "default" / "checkpoints", 3)
+    try:
+        assert checkpoints.all_steps()[-2:] == [400, 600]
+        state, _, counters = checkpoints.restore(Parts(cfg, games, cfg.seed).train_state, 600)
+    finally:
+        checkpoints.close()
+        games.close()
+    assert isinstance(state, dqn.TargetTrainState) and int(counters["states"]) == 600
+    # 2 games: the warm-up ends after 100 states, then a step per 4 states (the first run:
+    # 75 steps); the resumed run warms up again (its memory is not checkpointed): 25 more
+    assert int(state.updates) == 75 + 25
+    # the last copy was at step 98, two steps ago: the target network lags the network
+    assert any(not np.array_equal(a, b) for a, b in zip(leaves(state.params), leaves(state.target_params),
+                                                        strict=True))
