@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from dqn_jax import agent, display, dqn, hvass, pictures, resources, resume, sweeps, tracking
 from dqn_jax.checkpoints import Checkpointer
-from dqn_jax.config import ConfigError, memory_steps, num_envs
+from dqn_jax.config import ConfigError, memory_rows, num_envs
 from dqn_jax.envs import make_games
 from dqn_jax.faults import FAILURE_TAG, Diverged
 from dqn_jax.learner import Learner, create_train_state, describe_device, make_optimizer
@@ -93,7 +93,7 @@ def run_train(cfg, run_dir: Path):
 
 
 def _say_memory_rounding(memory_cfg, games: int) -> None:
-    held = memory_steps(memory_cfg, games) * games
+    held = memory_rows(memory_cfg, games) * games
     if held != memory_cfg.size:
         print(f"memory.size={memory_cfg.size} holds {held} states: a whole number of rows of {games} games")
 
@@ -115,7 +115,7 @@ def build_cycle(cfg, games, parts: Parts, checkpointer: Checkpointer, log: Train
     signals = ControlSignals.from_config(cfg.schedule)
     player = agent.Player(parts.network, cfg.env, signals.epsilon, cfg.memory.reward_clip)
     common = (games, player, signals, checkpointer, log, agent.Budget(cfg.steps, cfg.episodes))
-    memory = {"memory_steps": memory_steps(cfg.memory, games.num_envs), "reward_clip": cfg.memory.reward_clip,
+    memory = {"memory_rows": memory_rows(cfg.memory, games.num_envs), "reward_clip": cfg.memory.reward_clip,
               "state": agent.state_spec(cfg.env, games.observation_shape, games.observation_dtype)}
     algo = cfg.algorithm
     if algo.name in dqn.ALGORITHMS:
@@ -134,8 +134,9 @@ def build_cycle(cfg, games, parts: Parts, checkpointer: Checkpointer, log: Train
 def _need(cfg, games) -> resources.Need:
     """What the replay memory and the network will take, from their shapes alone."""
     shape, dtype = agent.state_spec(cfg.env, games.observation_shape, games.observation_dtype)
+    copies = resources.NETWORK_COPIES + (resources.TARGET_COPIES if cfg.algorithm.name in dqn.ALGORITHMS else 0)
     return resources.estimate(cfg.memory, games.num_envs, shape, dtype, games.num_actions,
-                              make_network(cfg.network, games.num_actions), np.zeros((1, *shape), dtype))
+                              make_network(cfg.network, games.num_actions), np.zeros((1, *shape), dtype), copies)
 
 
 def _resume(cfg, run_dir: Path, parts: Parts, checkpointer: Checkpointer):

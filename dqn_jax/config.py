@@ -285,7 +285,7 @@ def num_envs(env: EnvConfig) -> int:
     return max(4, min(16, 2 * (os.cpu_count() or 2)))
 
 
-def memory_steps(memory: MemoryConfig, games: int) -> int:
+def memory_rows(memory: MemoryConfig, games: int) -> int:
     """Rows of the time x game replay memory (``memory.size`` states in all)."""
     return max(2, memory.size // games)
 

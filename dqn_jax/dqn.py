@@ -60,14 +60,14 @@ def sample_transitions(key, memory: replay.ReplayMemory, batch_size: int) -> Tra
     """A uniform batch (with replacement, as the paper) of the memory's complete transitions.
 
     A row's transition is complete when its outcome is recorded and the next row holds
-    the next state: positions count-n .. count-1 with n = min(count, steps - 1), where
+    the next state: positions count-n .. count-1 with n = min(count, rows - 1), where
     ``count`` rows are closed and row ``count`` holds the states just decided on (the
     row before the oldest was overwritten by them). Needs ``count`` >= 1.
     """
     back_key, game_key = jax.random.split(key)
-    available = jnp.minimum(memory.count, memory.steps - 1)
+    available = jnp.minimum(memory.count, memory.rows - 1)
     position = memory.count - 1 - jax.random.randint(back_key, (batch_size,), 0, available)
-    row, next_row = position % memory.steps, (position + 1) % memory.steps
+    row, next_row = position % memory.rows, (position + 1) % memory.rows
     game = jax.random.randint(game_key, (batch_size,), 0, memory.num_games)
     return Transitions(memory.states[row, game], memory.actions[row, game], memory.rewards[row, game],
                        memory.end_life[row, game] | memory.end_episode[row, game],
@@ -99,7 +99,7 @@ class Stats(NamedTuple):
     q: jax.Array  # sum of the batch means of Q(s, a)
     q_min: jax.Array
     q_max: jax.Array
-    steps: jax.Array
+    count: jax.Array  # gradient steps summed
 
     @classmethod
     def zeros(cls) -> Stats:
@@ -141,7 +141,7 @@ class Update:
         count = state.updates + 1
         target = jax.lax.cond(count % self.target_copy_every == 0, lambda: params, lambda: state.target_params)
         stats = Stats(stats.loss + loss, stats.q + jnp.mean(taken), jnp.minimum(stats.q_min, jnp.min(taken)),
-                      jnp.maximum(stats.q_max, jnp.max(taken)), stats.steps + 1)
+                      jnp.maximum(stats.q_max, jnp.max(taken)), stats.count + 1)
         return TargetTrainState(params, opt_state, count, target), stats, key
 
     def cache_size(self) -> int:
@@ -152,17 +152,17 @@ class DqnCycle(Cycle):
     """Play ``report_every`` states with a gradient step every ``train_every`` states
     (after the warm-up), then log the cycle; the memory is kept."""
 
-    def __init__(self, *parts, update: Update, memory_steps: int, state: tuple, reward_clip: float,
+    def __init__(self, *parts, update: Update, memory_rows: int, state: tuple, reward_clip: float,
                  warmup: int, train_every: int, report_every: int):
         super().__init__(*parts)
-        self.update, self.steps, self.state, self.reward_clip = update, memory_steps, state, reward_clip
+        self.update, self.rows, self.state, self.reward_clip = update, memory_rows, state, reward_clip
         self.warmup, self.train_every, self.report_every = warmup, train_every, report_every
         self.recorded = 0  # states in the memory since it was made (it is not checkpointed)
         self.credit = 0  # states recorded after the warm-up and not yet trained on
 
     def empty_memory(self) -> replay.ReplayMemory:
         self.recorded = self.credit = 0
-        return replay.init_memory(self.steps, self.games.num_envs, *self.state, self.games.num_actions,
+        return replay.init_memory(self.rows, self.games.num_envs, *self.state, self.games.num_actions,
                                   circular=True)
 
     def play(self, memory, acting: Acting, train_state, key, counters: Counters, stop_request):
@@ -200,16 +200,16 @@ class DqnCycle(Cycle):
         """Log the cycle's gradient steps and check them; the memory is kept."""
         cycle, values = counters.cycles + 1, self.signals.values(counters.states)
         stats = jax.device_get(played.stats)
-        steps = int(stats.steps)
-        metrics = {"cycle/iterations": float(steps), "cycle/learning_rate": values["learning_rate"],
+        count = int(stats.count)
+        metrics = {"cycle/iterations": float(count), "cycle/learning_rate": values["learning_rate"],
                    "cycle/states_per_second": played.states / max(played.seconds, 1e-9),
                    "cycle/play_seconds": played.seconds, "cycle/count": float(cycle),
                    "cycle/updates": float(train_state.updates), "memory/states": float(min(
-                       self.recorded, self.steps * self.games.num_envs))}
+                       self.recorded, self.rows * self.games.num_envs))}
         loss = None
-        if steps:
-            loss = float(stats.loss) / steps
-            metrics.update({"cycle/loss": loss, "q/mean": float(stats.q) / steps,
+        if count:
+            loss = float(stats.loss) / count
+            metrics.update({"cycle/loss": loss, "q/mean": float(stats.q) / count,
                             "q/min": float(stats.q_min), "q/max": float(stats.q_max)})
         counters.cycles = cycle
         self.log.cycle(cycle, counters.states, metrics)

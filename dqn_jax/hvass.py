@@ -19,36 +19,36 @@ from dqn_jax.agent import Acting, Counters, Cycle, Played, step_games
 from dqn_jax.faults import check_cycle
 
 
-def rows_before_learning(replay_fraction, count_states: int, steps: int, games: int) -> int:
+def rows_before_learning(replay_fraction, count_states: int, memory_rows: int, games: int) -> int:
     """Rows to record before the next learning cycle: the memory is full, or its used
     fraction exceeds the replay-fraction signal at the count reached by then.
 
     Evaluating the signal for every fill level once per cycle gives the same answer
     as the tutorial's check after every state, without a device call per step.
     """
-    rows = np.arange(1, steps + 1)
+    rows = np.arange(1, memory_rows + 1)
     fraction = np.asarray(replay_fraction(jnp.asarray(count_states + rows * games, jnp.float32)))
-    over = np.flatnonzero(rows / steps > fraction)
-    return int(rows[over[0]]) if over.size else steps
+    over = np.flatnonzero(rows / memory_rows > fraction)
+    return int(rows[over[0]]) if over.size else memory_rows
 
 
 class TutorialCycle(Cycle):
     """Fill the memory, sweep, optimise, empty it: the tutorial's flow chart."""
 
-    def __init__(self, *parts, learner, memory_steps: int, state: tuple, discount: float,
+    def __init__(self, *parts, learner, memory_rows: int, state: tuple, discount: float,
                  target_method: str, reward_clip: float, min_epochs: float):
         super().__init__(*parts)
-        self.learner, self.steps, self.state = learner, memory_steps, state
+        self.learner, self.rows, self.state = learner, memory_rows, state
         self.discount, self.target_method = discount, replay.resolve_target_method(target_method)
         self.reward_clip, self.min_epochs = reward_clip, min_epochs
 
     def empty_memory(self) -> replay.ReplayMemory:
-        return replay.init_memory(self.steps, self.games.num_envs, *self.state, self.games.num_actions)
+        return replay.init_memory(self.rows, self.games.num_envs, *self.state, self.games.num_actions)
 
     def play(self, memory, acting: Acting, train_state, key, counters: Counters, stop_request):
         """Play and record until the memory is ready to learn from (see :class:`agent.Cycle`)."""
         num_games = self.games.num_envs
-        rows = rows_before_learning(self.signals.replay_fraction, counters.states, self.steps, num_games)
+        rows = rows_before_learning(self.signals.replay_fraction, counters.states, self.rows, num_games)
         bar = self.log.playing(counters.cycles + 1, rows * num_games)
         start, outcome = time.perf_counter(), None  # outcome: the last step's, not yet in the memory
         for _ in range(rows):

@@ -77,6 +77,15 @@ class OptimiseResult(NamedTuple):
     max_iterations: int
 
 
+def choose_loop(loop: str = "auto") -> str:
+    """Where the optimise loop runs: "auto" is "host" on a CPU, "device" elsewhere (see Learner)."""
+    if loop == "auto":
+        return "host" if jax.default_backend() == "cpu" else "device"
+    if loop not in ("device", "host"):
+        raise ValueError(f"loop={loop!r}; choose auto, device or host")
+    return loop
+
+
 class Learner:
     """Jitted training functions for one network, optimiser and batch geometry.
 
@@ -97,10 +106,7 @@ class Learner:
 
     def __init__(self, network: nn.Module, optimizer, batch_size: int, error_threshold: float,
                  min_high_share: float, loss_window: int = 100, chunk: int = 256, loop: str = "auto"):
-        if loop == "auto":
-            loop = "host" if jax.default_backend() == "cpu" else "device"
-        if loop not in ("device", "host"):
-            raise ValueError(f"loop={loop!r}; choose auto, device or host")
+        loop = choose_loop(loop)
         self.network = network
         self.optimizer = optimizer
         self.batch_size = int(batch_size)

@@ -37,14 +37,14 @@ class ReplayMemory:
     end_life: jax.Array  # bool (T, N): a life was lost at this step (terminal for the sweep)
     end_episode: jax.Array  # bool (T, N)
     errors: jax.Array  # float32 (T, N): |target - estimate| from the last sweep
-    count: jax.Array  # int32 scalar: rows closed (at most ``steps`` unless circular)
-    # Circular (DQN): rows are written at count % steps, overwriting the oldest, and
+    count: jax.Array  # int32 scalar: rows closed (at most ``rows`` unless circular)
+    # Circular (DQN): rows are written at count % rows, overwriting the oldest, and
     # count keeps growing. Otherwise (the tutorial's) a full memory writes nothing.
     circular: bool = flax.struct.field(pytree_node=False, default=False)
 
     @property
-    def steps(self) -> int:
-        """Rows (time steps) the memory holds."""
+    def rows(self) -> int:
+        """Rows (time steps of all games) the memory holds."""
         return self.actions.shape[0]
 
     @property
@@ -54,17 +54,17 @@ class ReplayMemory:
     @property
     def capacity(self) -> int:
         """States the memory holds when full (rows x games)."""
-        return self.steps * self.num_games
+        return self.rows * self.num_games
 
     @property
     def num_actions(self) -> int:
         return self.q_values.shape[-1]
 
 
-def init_memory(steps: int, num_games: int, state_shape, state_dtype, num_actions: int,
+def init_memory(rows: int, num_games: int, state_shape, state_dtype, num_actions: int,
                 circular: bool = False) -> ReplayMemory:
-    """An empty memory of ``steps`` rows for ``num_games`` games (``circular``: see ReplayMemory)."""
-    tn = (int(steps), int(num_games))
+    """An empty memory of ``rows`` rows for ``num_games`` games (``circular``: see ReplayMemory)."""
+    tn = (int(rows), int(num_games))
     return ReplayMemory(
         states=jnp.zeros(tn + tuple(state_shape), dtype=state_dtype),
         q_values=jnp.zeros(tn + (int(num_actions),), jnp.float32),
@@ -79,9 +79,9 @@ def init_memory(steps: int, num_games: int, state_shape, state_dtype, num_action
 
 
 def _open_row(memory: ReplayMemory):
-    """The row the next step is written into (``steps``, out of range, when a memory that
+    """The row the next step is written into (``rows``, out of range, when a memory that
     is not circular is full)."""
-    return memory.count % memory.steps if memory.circular else memory.count
+    return memory.count % memory.rows if memory.circular else memory.count
 
 
 def _put_row(table: jax.Array, row, value) -> jax.Array:
@@ -109,10 +109,10 @@ def record_outcome(memory: ReplayMemory, rewards, end_life, end_episode, reward_
 
     Rewards are stored clipped to [-reward_clip, reward_clip]. ``pending`` (may be
     traced) false writes nothing: there is no open row to close. A full memory writes
-    nothing and leaves ``count`` at ``steps``.
+    nothing and leaves ``count`` at ``rows``.
     """
     pending = jnp.asarray(pending, bool)
-    row = jnp.where(pending, _open_row(memory), memory.steps)  # out of range: dropped
+    row = jnp.where(pending, _open_row(memory), memory.rows)  # out of range: dropped
     clipped = jnp.clip(jnp.asarray(rewards, jnp.float32), -reward_clip, reward_clip)
     return memory.replace(
         rewards=_put_row(memory.rewards, row, clipped),
@@ -127,7 +127,7 @@ def add(memory: ReplayMemory, states, q_values, actions, rewards, end_life, end_
     """Write one whole time step of all games into row ``count`` and advance ``count``.
 
     Rewards are stored clipped to [-reward_clip, reward_clip]. Adding to a full memory
-    writes nothing and leaves ``count`` at ``steps``: sweep and reset before that.
+    writes nothing and leaves ``count`` at ``rows``: sweep and reset before that.
     """
     memory = record_decision(memory, states, q_values, actions)
     return record_outcome(memory, rewards, end_life, end_episode, reward_clip)
@@ -135,7 +135,7 @@ def add(memory: ReplayMemory, states, q_values, actions, rewards, end_life, end_
 
 def _closed_count(memory: ReplayMemory, closed) -> jax.Array:
     count = memory.count + closed
-    return (count if memory.circular else jnp.minimum(count, memory.steps)).astype(jnp.int32)
+    return (count if memory.circular else jnp.minimum(count, memory.rows)).astype(jnp.int32)
 
 
 # The memory is donated so the (multi-GB) buffers are updated in place.
@@ -150,8 +150,8 @@ def reset(memory: ReplayMemory) -> ReplayMemory:
 
 def used_rows_mask(memory: ReplayMemory) -> jax.Array:
     """bool (T, N): true for states in rows 0..count-1."""
-    rows = jnp.arange(memory.steps) < memory.count
-    return jnp.broadcast_to(rows[:, None], (memory.steps, memory.num_games))
+    rows = jnp.arange(memory.rows) < memory.count
+    return jnp.broadcast_to(rows[:, None], (memory.rows, memory.num_games))
 
 
 # ---------------------------------------------------------------------------- sweep
@@ -236,7 +236,7 @@ _ROW_MAX_METHODS = {"scan": _row_max_scan, "associative": _row_max_associative}
 def _prepare(memory: ReplayMemory, discount):
     """The row maps (a, b, c), the row summaries, the slopes and the inner-row mask."""
     rows = _summarise_rows(memory.q_values, memory.actions)
-    k = jnp.arange(memory.steps)[:, None]
+    k = jnp.arange(memory.rows)[:, None]
     inner = k < memory.count - 1  # rows with a successor in this sweep
     last = k == memory.count - 1
     done = memory.end_life | memory.end_episode
@@ -255,7 +255,7 @@ _ROW_MAX = {name: jax.jit(fn) for name, fn in _ROW_MAX_METHODS.items()}
 def _write_targets(memory: ReplayMemory, row_max, rows: _Rows, slope, inner):
     next_max = jnp.concatenate([row_max[1:], jnp.zeros_like(row_max[:1])], axis=0)
     target = memory.rewards + slope * next_max
-    used = jnp.arange(memory.steps)[:, None] < memory.count
+    used = jnp.arange(memory.rows)[:, None] < memory.count
     errors = jnp.where(inner, jnp.abs(target - rows.q_taken), jnp.where(used, 0.0, memory.errors))
     write = inner[..., None] & (memory.actions[..., None] == jnp.arange(memory.num_actions))
     q_values = jnp.where(write, target[..., None], memory.q_values)

@@ -99,14 +99,7 @@ def _log_scale(ax) -> None:
     ax.yaxis.set_minor_locator(NullLocator())
 
 
-def draw_training_curves(rewards: dict, q: dict, histories: dict, path: Path, title: str,
-                         cfg=None) -> Path:
-    """The nine panels of :func:`training_curves` from data already read."""
-    fig = _figure(*CURVES_SIZE)
-    axes = fig.subplots(3, 3, sharex=True).ravel()
-    ends = [v["states"].max() for v in (rewards, q) if v] + [h[0].max() for h in histories.values()]
-    states = np.array(ends or [0.0])
-    ax = axes[0]
+def _draw_scores(ax, rewards: dict) -> None:
     if rewards:
         ax.plot(rewards["states"], rewards["reward"], "o", ms=3, alpha=0.5, label="episode score")
         ax.plot(rewards["states"], rewards["mean30"], lw=1.8, label="mean of last 30")
@@ -114,7 +107,9 @@ def draw_training_curves(rewards: dict, q: dict, histories: dict, path: Path, ti
     else:
         _no_data(ax, "no episode finished yet")
     ax.set_title("Episode score", y=1.0)
-    ax = axes[1]
+
+
+def _draw_q_values(ax, q: dict) -> None:
     if q:
         ax.fill_between(q["states"], q["q_min"], q["q_max"], alpha=0.15, label="min to max")
         ax.fill_between(q["states"], q["q_mean"] - q["q_std"], q["q_mean"] + q["q_std"], alpha=0.3,
@@ -124,6 +119,17 @@ def draw_training_curves(rewards: dict, q: dict, histories: dict, path: Path, ti
     else:
         _no_data(ax, "no learning cycle yet")
     ax.set_title("Q-values after each sweep", y=1.0)
+
+
+def draw_training_curves(rewards: dict, q: dict, histories: dict, path: Path, title: str,
+                         cfg=None) -> Path:
+    """The nine panels of :func:`training_curves` from data already read."""
+    fig = _figure(*CURVES_SIZE)
+    axes = fig.subplots(3, 3, sharex=True).ravel()
+    ends = [v["states"].max() for v in (rewards, q) if v] + [h[0].max() for h in histories.values()]
+    states = np.array(ends or [0.0])
+    _draw_scores(axes[0], rewards)
+    _draw_q_values(axes[1], q)
     _curve(axes[2], histories, "targets/error_mean", "mean", cfg, states)
     _curve(axes[2], histories, "targets/error_max", "max", cfg, states, alpha=0.6)
     axes[2].set_title("Estimation error |target - Q|", y=1.0)

@@ -18,10 +18,11 @@ import numpy as np
 import psutil
 
 from dqn_jax import memory as replay
-from dqn_jax.config import ConfigError, memory_steps
+from dqn_jax.config import ConfigError, memory_rows
 
 USABLE_SHARE = 0.9  # of the free memory; the rest is left for XLA's buffers and the games
 NETWORK_COPIES = 4  # parameters, RMSProp's accumulator, gradients and the updated parameters
+TARGET_COPIES = 2  # DQN's target network and centred RMSProp's mean gradient
 
 
 @dataclass(frozen=True)
@@ -42,14 +43,14 @@ def _nbytes(tree) -> int:
 
 
 def estimate(memory_cfg, num_games: int, state_shape, state_dtype, num_actions: int,
-             network, sample_state) -> Need:
+             network, sample_state, network_copies: int = NETWORK_COPIES) -> Need:
     """The bytes of the replay memory and of the network's train state, from shapes only."""
-    steps = memory_steps(memory_cfg, num_games)
-    init = functools.partial(replay.init_memory, steps, num_games, tuple(state_shape),
+    rows = memory_rows(memory_cfg, num_games)
+    init = functools.partial(replay.init_memory, rows, num_games, tuple(state_shape),
                              state_dtype, num_actions)
     memory_bytes = _nbytes(jax.eval_shape(init))
     params = jax.eval_shape(network.init, jax.random.PRNGKey(0), sample_state)
-    return Need(memory_bytes, memory_bytes / (steps * num_games), NETWORK_COPIES * _nbytes(params))
+    return Need(memory_bytes, memory_bytes / (rows * num_games), network_copies * _nbytes(params))
 
 
 def free_memory() -> tuple[int, str]:

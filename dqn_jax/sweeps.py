@@ -152,7 +152,20 @@ class SweepParentCallback(Callback):
         if results.is_file():
             self._log_best(OmegaConf.to_container(OmegaConf.load(results)))
         total, failed = self._count_jobs()
+        if total > 1:
+            self._compare(Path(str(config.hydra.sweep.dir)) / "compare")
         self._close("KILLED" if self._interrupted else "FINISHED", total, failed)
+
+    def _compare(self, out_dir: Path) -> None:
+        """The children's reward curves and scores, logged to the parent (``dqn-jax-compare``)."""
+        from dqn_jax import compare
+
+        try:
+            self.tracker.flush()
+            client = _client(self.config)
+            compare.compare(client, client.get_run(self.tracker.run_id), out_dir)
+        except Exception as exc:  # a picture must not fail the sweep
+            log.warning("MLflow: could not compare the sweep's runs: %s", exc)
 
     def _close_at_exit(self) -> None:
         """The sweep ended early (a failed job, a launcher error, Ctrl-C): close the parent, say why."""

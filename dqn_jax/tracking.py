@@ -308,6 +308,8 @@ def start_tracker(cfg, run_dir: str | Path, *, run_name: str, tags: dict | None 
             client.delete_tag(run_id, stale.REASON_TAG)
         for key, value in (tags or {}).items():
             client.set_tag(run_id, key, str(value))
+        if parent_run_id and run.data.tags.get("mlflow.parentRunId") != parent_run_id:
+            client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)  # a relaunched sweep resumes its jobs
     else:
         all_tags = {"mlflow.runName": run_name, "mlflow.user": _user(),
                     "mlflow.source.name": "dqn_jax", "mlflow.source.type": "LOCAL",

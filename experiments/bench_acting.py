@@ -84,7 +84,7 @@ class AgentLoop:
             frames, lives, restart = step.frames, step.lives, ended
             self.count += games.num_envs
             self.rows += 1
-            if self.rows == memory.steps:  # full: empty it, as a learning cycle would
+            if self.rows == memory.rows:  # full: empty it, as a learning cycle would
                 memory, outcome, self.rows = replay.reset(memory), None, 0
         jax.block_until_ready(memory.count)
         seconds = time.perf_counter() - start

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from dqn_jax.config import Config, ConfigError, check_missing, memory_steps, num_envs, validate
+from dqn_jax.config import Config, ConfigError, check_missing, memory_rows, num_envs, validate
 from tests.conftest import compose_config, group_options
 
 GROUPS = ["env", "memory", "network", "schedule", "logger"]
@@ -94,7 +94,7 @@ def test_validation_names_the_key_and_what_is_allowed(override, message):
 def test_derived_values_are_computed_not_written_back():
     cfg = compose_config(["env.num_envs=8", "memory.size=200000"])
     assert num_envs(cfg.env) == 8
-    assert memory_steps(cfg.memory, 8) == 25_000
+    assert memory_rows(cfg.memory, 8) == 25_000
     assert cfg.env.num_envs == 8  # unchanged
     auto = compose_config()
     assert auto.env.num_envs is None and 4 <= num_envs(auto.env) <= 16

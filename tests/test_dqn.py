@@ -143,7 +143,7 @@ def test_the_target_network_is_copied_every_c_steps_and_held_in_between():
             copied = params
         for t, c in zip(target, copied, strict=True):
             np.testing.assert_array_equal(t, c)
-    assert int(state.updates) == 7 and int(stats.steps) == 7
+    assert int(state.updates) == 7 and int(stats.count) == 7
     # the copy is the target's own buffer: donating the state again must not clash
     state, stats, key = update(state, stats, memory, key, jnp.float32(1e-2))
     assert update.cache_size() == 1

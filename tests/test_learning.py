@@ -1,7 +1,9 @@
-"""It learns: the tutorial's algorithm, unchanged, run end to end in a subprocess.
+"""It learns: each algorithm, run end to end in a subprocess.
 
-* CartPole-v1 with the MLP (CI, a few minutes on 2 CPU cores): the recipe
-  ``experiment=cartpole`` must reach a mean of at least 475 over 20 test episodes.
+* CartPole-v1 with the MLP (CI, a few minutes on 2 CPU cores): the recipes
+  ``experiment=cartpole`` (the tutorial's method), ``experiment=cartpole_dqn`` and
+  ``experiment=cartpole_dqn algorithm=double_dqn`` must each reach a mean of at least 475
+  over 20 test episodes.
 * Breakout on the CPU with a small CNN (``make test-slow``): the recipe
   ``experiment=breakout_cpu_check`` must beat random play by a clear margin.
 * The evaluation protocol: ``mode=test test_checkpoints=all`` tests every kept
@@ -41,14 +43,17 @@ def _tail(result) -> str:
     return result.stdout[-3000:] + result.stderr[-3000:]
 
 
-def test_cartpole_learns_to_balance(tmp_path):
+@pytest.mark.parametrize("recipe", ["experiment=cartpole", "experiment=cartpole_dqn",
+                                    "experiment=cartpole_dqn algorithm=double_dqn"])
+def test_cartpole_learns_to_balance(tmp_path, recipe):
+    """Each algorithm's CartPole recipe (the tutorial's method, DQN, Double DQN)."""
     start = time.perf_counter()
-    result = run_app(["experiment=cartpole"], cwd=tmp_path, timeout=900)
+    result = run_app(recipe.split(), cwd=tmp_path, timeout=900)
     wall = time.perf_counter() - start
     assert result.returncode == 0, _tail(result)
     (run,), _ = _runs(tmp_path, "dqn_jax/CartPole-v1")
     metrics = run.data.metrics
-    print(f"\ncartpole: {metrics['train/states']:.0f} states, {wall:.0f} s, test over "
+    print(f"\n{recipe}: {metrics['train/states']:.0f} states, {wall:.0f} s, test over "
           f"{metrics['test/episodes']:.0f} episodes: mean {metrics['test/mean_score']:.1f}, "
           f"min {metrics['test/min_score']:.0f}")
     assert metrics["test/episodes"] == 20

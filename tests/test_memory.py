@@ -46,7 +46,7 @@ def copy(memory):
 
 def test_add_reset_and_count():
     memory = replay.init_memory(3, 2, (4, 4, 2), jnp.uint8, 5)
-    assert (memory.steps, memory.num_games, memory.capacity, memory.num_actions) == (3, 2, 6, 5)
+    assert (memory.rows, memory.num_games, memory.capacity, memory.num_actions) == (3, 2, 6, 5)
     assert memory.states.dtype == jnp.uint8 and memory.q_values.dtype == jnp.float32
     for t in range(2):
         memory = replay.add_jit(

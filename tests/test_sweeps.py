@@ -7,6 +7,8 @@ game, and CartPole's episodes are short enough to give rewards in 200 states).
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
@@ -118,6 +120,14 @@ def test_grid_on_local_parallel_gives_one_parent_and_a_tagged_child_per_job(tmp_
         assert tags["dqn_jax.xla_mem_fraction"] == "0.450"
     if available >= 2:  # two workers, two slots
         assert len({r.data.tags["dqn_jax.cpus"] for r in children}) == 2
+    # the parent holds the comparison: a configuration per learning rate, its two seeds
+    client = client_for(tmp_path)
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
+    assert logged == {"compare/rewards.png", "compare/scores.csv", "compare/scores.md"}
+    table = (Path(client.download_artifacts(parent.info.run_id, "compare/scores.csv", str(tmp_path)))).read_text()
+    rows = {row["configuration"]: row for row in csv.DictReader(io.StringIO(table))}
+    assert set(rows) == {"schedule.learning_rate.start=0.001", "schedule.learning_rate.start=0.0003"}
+    assert all(row["runs"] == "2" and row["seeds"] == "0 1" for row in rows.values())
 
 
 def test_a_failing_job_fails_alone_and_the_sweep_says_so(tmp_path):
@@ -365,7 +375,6 @@ def _episode_figures(client, children, sweep_dir: Path) -> tuple[int, int, int]:
     """(episode metric values logged: 4 per row of the jobs' rewards.csv, the least MLflow
     keeps, those in the store). MLflow keeps one of two equal values logged at the same step
     and millisecond: two games ending together with the same score (or epsilon, always)."""
-    import csv
 
     sent = kept = received = 0
     for run in children:

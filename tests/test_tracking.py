@@ -152,6 +152,19 @@ def test_resume_reopens_the_same_run(root, client, tmp_path):
     other.finish()
 
 
+def test_a_resumed_job_of_a_relaunched_sweep_moves_to_its_new_parent(root, client, tmp_path):
+    cfg = make_cfg(root, name="job")
+    old_parent, new_parent = (start_tracker(cfg, tmp_path / name, run_name=name) for name in ("old", "new"))
+    job = start_tracker(cfg, tmp_path / "job", run_name="job", parent_run_id=old_parent.run_id)
+    job.finish("KILLED")
+    again = start_tracker(cfg, tmp_path / "job", run_name="job", parent_run_id=new_parent.run_id)
+    again.finish()
+    assert again.run_id == job.run_id
+    assert client.get_run(job.run_id).data.tags["mlflow.parentRunId"] == new_parent.run_id
+    old_parent.finish()
+    new_parent.finish()
+
+
 def test_failed_status_parent_and_context_manager(root, client, tmp_path):
     cfg = make_cfg(root)
     parent = start_tracker(cfg, tmp_path / "parent", run_name="parent")
