@@ -29,7 +29,8 @@ TITLE_HEIGHT = 0.5  # inches above a states grid
 # epsilon history can hold 50,000 values, which take MLflow seconds to return, so the
 # epsilon panel draws the run's schedule from its config instead (the same function).
 CURVE_METRICS = ("cycle/loss", "cycle/loss_limit", "cycle/iterations", "cycle/learning_rate",
-                 "cycle/max_epochs", "cycle/replay_fraction", "targets/error_mean", "targets/error_max")
+                 "cycle/max_epochs", "cycle/replay_fraction", "targets/error_mean", "targets/error_max",
+                 "q/min", "q/mean", "q/max")  # q/*: DQN's batches (it has no sweep, no q_values.csv)
 
 
 def _figure(width: float, height: float):
@@ -78,6 +79,8 @@ def _curve(ax, histories, name, label, cfg, states, **style) -> None:
     if name in histories:
         x, y = histories[name]
         ax.plot(x, y, label=label, **style)
+    elif name.split("/")[-1] in _TUTORIAL_ONLY and _algorithm(cfg) != "hvass":
+        _no_data(ax, f"{label}: the tutorial's method only")
     elif cfg is not None and states.size and name.split("/")[-1] in _SIGNALS:
         grid = np.linspace(0, states.max(), 200)
         ax.plot(grid, _signal_from_config(cfg, name.split("/")[-1], grid),
@@ -87,6 +90,13 @@ def _curve(ax, histories, name, label, cfg, states, **style) -> None:
 
 
 _SIGNALS = ("epsilon", "learning_rate", "loss_limit", "max_epochs", "replay_fraction")
+_TUTORIAL_ONLY = ("loss_limit", "max_epochs", "replay_fraction", "error_mean", "error_max")
+
+
+def _algorithm(cfg) -> str:
+    """The run's algorithm (runs from before the algorithm group: the tutorial's)."""
+    algorithm = getattr(cfg, "algorithm", None) if cfg is not None else None
+    return getattr(algorithm, "name", "hvass") if algorithm is not None else "hvass"
 
 
 def _log_scale(ax) -> None:
@@ -109,7 +119,14 @@ def _draw_scores(ax, rewards: dict) -> None:
     ax.set_title("Episode score", y=1.0)
 
 
-def _draw_q_values(ax, q: dict) -> None:
+def _draw_q_values(ax, q: dict, histories: dict) -> None:
+    if not q and "q/mean" in histories:  # DQN: Q(s, a) of each cycle's batches
+        x, mean = histories["q/mean"]
+        ax.fill_between(x, histories["q/min"][1], histories["q/max"][1], alpha=0.15, label="min to max")
+        ax.plot(x, mean, lw=1.5, label="mean")
+        ax.legend(fontsize=8, loc="upper left")
+        ax.set_title("Q(s, a) of each cycle's batches", y=1.0)
+        return
     if q:
         ax.fill_between(q["states"], q["q_min"], q["q_max"], alpha=0.15, label="min to max")
         ax.fill_between(q["states"], q["q_mean"] - q["q_std"], q["q_mean"] + q["q_std"], alpha=0.3,
@@ -129,7 +146,7 @@ def draw_training_curves(rewards: dict, q: dict, histories: dict, path: Path, ti
     ends = [v["states"].max() for v in (rewards, q) if v] + [h[0].max() for h in histories.values()]
     states = np.array(ends or [0.0])
     _draw_scores(axes[0], rewards)
-    _draw_q_values(axes[1], q)
+    _draw_q_values(axes[1], q, histories)
     _curve(axes[2], histories, "targets/error_mean", "mean", cfg, states)
     _curve(axes[2], histories, "targets/error_max", "max", cfg, states, alpha=0.6)
     axes[2].set_title("Estimation error |target - Q|", y=1.0)
