@@ -107,7 +107,10 @@ def test_every_experiment_recipe_runs(tmp_path, recipe):
     assert list(tmp_path.rglob("checkpoints/*")), "no checkpoint was written"
 
 
-def test_ctrl_c_saves_a_checkpoint_and_ends_with_one_line(tmp_path):
+@pytest.mark.parametrize("algorithm", [
+    [], ["algorithm=dqn", "algorithm.warmup=100", "algorithm.report_every=200", "memory.batch_size=8"]],
+    ids=["hvass", "dqn"])
+def test_ctrl_c_saves_a_checkpoint_and_ends_with_one_line(tmp_path, algorithm):
     """SIGINT once training has checkpointed: status 130, one line, no traceback, a KILLED
     MLflow run and complete checkpoints that the same command resumes from."""
     import os
@@ -118,7 +121,8 @@ def test_ctrl_c_saves_a_checkpoint_and_ends_with_one_line(tmp_path):
 
     from tests.conftest import ROOT
 
-    args = [sys.executable, "-m", "dqn_jax", f"paths.root={tmp_path}", *TINY, "steps=1000000", "name=ctrlc"]
+    args = [sys.executable, "-m", "dqn_jax", f"paths.root={tmp_path}", *TINY, *algorithm, "steps=1000000",
+            "name=ctrlc"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
@@ -139,7 +143,7 @@ def test_ctrl_c_saves_a_checkpoint_and_ends_with_one_line(tmp_path):
     (run,) = only_run(client_for(tmp_path))
     assert run.info.status == "KILLED"
     assert int(run.data.metrics["train/states"]) == steps[-1]  # the last state played is saved
-    resumed = run_app([*TINY, f"steps={steps[-1] + 60}", "name=ctrlc", "logger=none"], cwd=tmp_path)
+    resumed = run_app([*TINY, *algorithm, f"steps={steps[-1] + 60}", "name=ctrlc", "logger=none"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {checkpoints}: {steps[-1]} states" in resumed.stdout
 

@@ -175,3 +175,23 @@ def test_training_curves_from_the_logs_alone(tmp_path):
     assert path == tmp_path / "analysis" / "training-curves.png"
     assert Image.open(path).size == (1500, 1000)
     assert np.asarray(Image.open(path).convert("L"), float).var() > 200
+
+
+def test_a_dqn_runs_curves_show_its_batches_q_values_and_no_tutorial_signals(tmp_path):
+    """A DQN run has no sweep (no q_values.csv): its Q panel draws q/* from MLflow, and the
+    signals only the tutorial's method uses are marked, not drawn from the config."""
+    dqn_cfg = compose_config(["algorithm=dqn"], tmp_path)
+    hvass_cfg = compose_config([], tmp_path)
+    states = np.array([0.0, 100.0, 200.0])
+    histories = {"q/mean": (states, np.array([0.1, 0.3, 0.5])), "q/min": (states, np.zeros(3)),
+                 "q/max": (states, np.ones(3))}
+    fig = pictures._figure(6, 3)
+    q_ax, dqn_ax, hvass_ax = fig.subplots(1, 3)
+    pictures._draw_q_values(q_ax, {}, histories)
+    (line,) = q_ax.get_lines()
+    np.testing.assert_array_equal(line.get_ydata(), [0.1, 0.3, 0.5])
+    pictures._curve(dqn_ax, {}, "cycle/loss_limit", "loss limit", dqn_cfg, states)
+    pictures._curve(hvass_ax, {}, "cycle/loss_limit", "loss limit", hvass_cfg, states)
+    assert not dqn_ax.get_lines() and "the tutorial's method only" in dqn_ax.texts[0].get_text()
+    (limit,) = hvass_ax.get_lines()
+    assert limit.get_ydata()[0] == pytest.approx(hvass_cfg.schedule.loss_limit.start)
