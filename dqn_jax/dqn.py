@@ -198,7 +198,7 @@ class DqnCycle(Cycle):
 
     def learn(self, memory, train_state, key, counters: Counters, played: Played, stop=None):
         """Log the cycle's gradient steps and check them; the memory is kept."""
-        cycle, values = counters.cycles + 1, self.signals.values(counters.states)
+        cycle, values = counters.cycles + 1, self.signals.values(counters.states - played.states)  # as played
         stats = jax.device_get(played.stats)
         count = int(stats.count)
         metrics = {"cycle/iterations": float(count), "cycle/learning_rate": values["learning_rate"],
