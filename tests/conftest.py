@@ -32,14 +32,26 @@ def compose_config(overrides=(), tmp_path: Path | None = None, to_object: bool =
     return OmegaConf.to_object(cfg) if to_object else cfg
 
 
-def run_app(args, cwd: Path, timeout: float = 600, env_extra=None) -> subprocess.CompletedProcess:
-    """``python -m dqn_jax ARGS`` in a subprocess, everything written under ``cwd``."""
+def _app_command(args, cwd: Path, env_extra=None) -> tuple[list[str], dict]:
     # PYTHONPATH: the subprocess runs this checkout's code, whatever the venv points at.
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path,
            **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "dqn_jax", f"paths.root={cwd}", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return [sys.executable, "-m", "dqn_jax", f"paths.root={cwd}", *args], env
+
+
+def run_app(args, cwd: Path, timeout: float = 600, env_extra=None) -> subprocess.CompletedProcess:
+    """``python -m dqn_jax ARGS`` in a subprocess, everything written under ``cwd``."""
+    command, env = _app_command(args, cwd, env_extra)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def start_app(args, cwd: Path) -> subprocess.Popen:
+    """``python -m dqn_jax ARGS`` started in the background; its output goes to
+    ``cwd/stdout.txt`` and ``cwd/stderr.txt`` (a pipe nobody reads would fill and stall it)."""
+    command, env = _app_command(args, cwd)
+    with open(cwd / "stdout.txt", "w") as out, open(cwd / "stderr.txt", "w") as err:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err)
 
 
 @pytest.fixture
