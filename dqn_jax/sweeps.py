@@ -119,6 +119,7 @@ class SweepParentCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         _check_store(config)
+        (sweep_dir / INTERRUPTED_FILE).unlink(missing_ok=True)  # an earlier launch's Ctrl-C: this one resumes
         if config.logger.name != "none":
             _close_killed_launch(config, tracking.read_run_id(sweep_dir))
         if config.logger.name == "none" or os.environ.get(PARENT_RUN_ENV):

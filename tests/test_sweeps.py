@@ -201,17 +201,19 @@ def test_jobs_through_a_local_ray(tmp_path):
 
 
 @pytest.mark.parametrize("launcher", ["basic", "local_parallel"])
-def test_ctrl_c_ends_a_sweep_with_its_runs_killed(tmp_path, launcher):
+def test_ctrl_c_ends_a_sweep_with_its_runs_killed_and_its_relaunch_resumes(tmp_path, launcher):
     """SIGINT to the launching process once a job has checkpointed: status 130, no further
     job, every run closed KILLED. The basic launcher's job stops at its next safe point;
-    the launching process of other launchers only waits, so it stops at once."""
+    the launching process of other launchers only waits, so it stops at once. The same
+    command again runs every job: the interrupted one from its checkpoint, in its run."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    args = [sys.executable, "-m", "dqn_jax", f"paths.root={tmp_path}", *CART, "steps=10000000", MULTIRUN,
-            f"hydra/launcher={launcher}", "seed=0,1,2"]
+    sweep_dir = tmp_path / "sweep"
+    sweep = [*CART, MULTIRUN, f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}", "seed=0,1,2"]
+    args = [sys.executable, "-m", "dqn_jax", f"paths.root={tmp_path}", *sweep, "steps=10000000"]
     process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONPATH": path, "JAX_PLATFORMS": "cpu"})
     deadline = time.monotonic() + 300
-    while not list(tmp_path.glob("runs/multirun/*/*/checkpoints/[0-9]*")):
+    while not list(sweep_dir.glob("*/checkpoints/[0-9]*")):
         assert process.poll() is None and time.monotonic() < deadline, "no job checkpointed"
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
@@ -224,6 +226,22 @@ def test_ctrl_c_ends_a_sweep_with_its_runs_killed(tmp_path, launcher):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "KILLED"
     assert children and len(children) < 3 and all(r.info.status == "KILLED" for r in children)
+
+    # The budget it resumes with is spent already: the interrupted job only closes its run.
+    saved = max(sweep_dir.glob("*/checkpoints/[0-9]*"), key=lambda p: int(p.name))
+    saved_run = (saved.parent.parent / "mlflow_run_id").read_text().strip()
+    assert (sweep_dir / ".interrupted").exists()  # what the launch left: no job may start after a Ctrl-C
+    again = run_app([*sweep, "steps=1"], cwd=tmp_path)
+    assert_ok(again)
+    assert "not started" not in again.stderr  # the earlier launch's Ctrl-C does not hold this one back
+    new_parent = client.get_run((sweep_dir / "mlflow_run_id").read_text().strip())
+    assert new_parent.info.run_id != parent.info.run_id and new_parent.info.status == "FINISHED"
+    jobs = client.search_runs([new_parent.info.experiment_id],
+                              f"tags.mlflow.parentRunId = '{new_parent.info.run_id}'")
+    assert sorted(r.data.params["seed"] for r in jobs) == ["0", "1", "2"]
+    assert all(r.info.status == "FINISHED" for r in jobs)
+    resumed = {r.info.run_id: r for r in jobs}[saved_run]
+    assert resumed.data.metrics["train/states"] == int(saved.name)
 
 
 @pytest.fixture
