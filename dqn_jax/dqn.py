@@ -206,13 +206,14 @@ class DqnCycle(Cycle):
                    "cycle/play_seconds": played.seconds, "cycle/count": float(cycle),
                    "cycle/updates": float(train_state.updates), "memory/states": float(min(
                        self.recorded, self.rows * self.games.num_envs))}
-        loss = None
+        loss, checked = None, {}  # a cycle of the warm-up took no step: only the network is checked
         if count:
             loss = float(stats.loss) / count
             metrics.update({"cycle/loss": loss, "q/mean": float(stats.q) / count,
                             "q/min": float(stats.q_min), "q/max": float(stats.q_max)})
+            checked = {"batch loss": loss, "batch Q-value min": metrics["q/min"], "batch Q-value max": metrics["q/max"]}
         counters.cycles = cycle
         self.log.cycle(cycle, counters.states, metrics)
-        check_cycle(cycle=cycle, states=counters.states, signals=values,
-                    values={"batch loss": loss if loss is not None else 0.0}, params=train_state.params)
+        check_cycle(cycle=cycle, states=counters.states, signals={"learning_rate": values["learning_rate"]},
+                    values=checked, params=train_state.params)
         return memory, train_state, key, loss

@@ -48,7 +48,8 @@ def check_cycle(*, cycle: int, states: int, values: dict[str, float], signals: d
     """Raise :class:`Diverged` if a value of this learning cycle (or ``params``) is not finite.
 
     ``values`` are the cycle's results by name (batch loss, swept Q statistics),
-    ``signals`` the control signals' values at this point, shown to the user.
+    ``signals`` the values of the control signals the algorithm uses (the learning rate;
+    the tutorial's method also its loss limit), shown to the user.
     """
     bad = first_non_finite(values)
     if bad is None and params is not None and not all_finite(params):
@@ -56,8 +57,9 @@ def check_cycle(*, cycle: int, states: int, values: dict[str, float], signals: d
     if bad is None:
         return
     shown = f"{bad} is {values[bad]}" if bad in values else f"the {bad} are not finite"
+    settings = ", ".join(f"{name.replace('_', ' ')} {signals[name]:.3g}" for name in ("learning_rate", "loss_limit")
+                         if name in signals)
     raise Diverged(
-        f"training diverged in learning cycle {cycle} at {states} states: {shown} "
-        f"(learning rate {signals['learning_rate']:.3g}, loss limit {signals['loss_limit']:.3g}); "
+        f"training diverged in learning cycle {cycle} at {states} states: {shown} ({settings}); "
         "no checkpoint was written after the last good one; try a smaller "
         "schedule.learning_rate (start and end) or a smaller memory.reward_clip")

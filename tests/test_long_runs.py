@@ -71,6 +71,27 @@ def test_divergence_stops_the_run_failed_and_keeps_the_last_good_checkpoint(tmp_
     assert run.data.tags[FAILURE_TAG] == line.removeprefix("dqn_jax: error: ")
 
 
+def test_a_diverging_dqn_run_stops_failed_naming_its_learning_rate_alone(tmp_path):
+    """DQN's cycle is checked as the tutorial's is: its batch loss, Q-values and network."""
+    args = [*TINY, "algorithm=dqn", "algorithm.warmup=100", "algorithm.report_every=200", "memory.batch_size=8",
+            "name=div"]
+    good = run_app([*args, "steps=400"], cwd=tmp_path)
+    assert good.returncode == 0, good.stderr[-3000:]
+    checkpoints = tmp_path / "runs" / "breakout" / "div" / "checkpoints"
+    assert steps_of(checkpoints) == [200, 400]
+    diverging = ["schedule.learning_rate.start=1e30", "schedule.learning_rate.end=1e30"]
+    result = run_app([*args, "steps=2000", *diverging], cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    # resumed at 400 states, it warms up again for 100 and steps for the rest of cycle 3
+    assert line.startswith("dqn_jax: error: training diverged in learning cycle 3 at 600 states: ")
+    assert "(learning rate 1e+30); no checkpoint was written after the last good one" in line
+    assert steps_of(checkpoints) == [200, 400]
+    (run,) = training_runs(tmp_path)
+    assert run.info.status == "FAILED" and run.data.tags[FAILURE_TAG] == line.removeprefix("dqn_jax: error: ")
+
+
 def _launch(root: Path, args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "dqn_jax", f"paths.root={root}", *args], cwd=root,
