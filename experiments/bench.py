@@ -141,6 +141,11 @@ def bench_learner(quick: bool) -> None:
            f"{d['bfloat16'] / d['float32']:.0%} of the float32 speed ({d['bfloat16']:.2f} vs "
            f"{d['float32']:.2f} steps/s); products asked in {'/'.join(d['asked'])}, compiled "
            f"in {'/'.join(d['compiled'])}")
+    for double in (False, True):
+        q = bench_core.bench_dqn_update(steps=50 if quick else 300, double=double)
+        report("c", f"{'Double DQN' if double else 'DQN'} gradient step, compare_algorithms network, batch 32",
+               f"{q['step_ms']:.1f} ms ({q['params']:,} params; compiled {q['compiles']}x): "
+               f"<= {4e3 / q['step_ms']:.0f} states/s at a step per 4 states")
     b = gpu_bound()
     report("c", "hvass forward / update FLOPs per batch 128",
            f"{b['forward_flops'] / 1e9:.1f} / {b['step_flops'] / 1e9:.1f} GFLOP (update = 3x fwd)")

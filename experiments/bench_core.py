@@ -169,6 +169,36 @@ def bench_optimise(batch_size: int = 128, iterations: int = 10, games: int = 8, 
             "steps_per_s": res.iterations / seconds}
 
 
+def bench_dqn_update(steps: int = 200, games: int = 8, rows: int = 12_500, num_actions: int = 4,
+                     double: bool = False) -> dict:
+    """Milliseconds per DQN gradient step (sample, targets, Huber loss, centred RMSProp,
+    target copy), batch 32, the network of ``experiment=compare_algorithms`` (16, 32, 32
+    filters, dense 256) and its 100,000-state memory, uint8 motion-trace states."""
+    from dqn_jax import dqn
+
+    network = make_network(NetworkConfig(name="nature", conv_features=[16, 32, 32], conv_kernels=[8, 4, 3],
+                                         conv_strides=[4, 2, 1], dense=[256], init_stddev=0.0), num_actions)
+    optimizer = L.make_optimizer(0.95, 0.01, 0.0, centered=True)
+    state = dqn.with_target(L.create_train_state(network, jax.random.key(0), np.zeros((1, *STATE_SHAPE), np.uint8),
+                                                 optimizer))
+    update = dqn.Update(network, optimizer, batch_size=32, discount=0.99, huber_delta=1.0, double=double,
+                        target_copy_every=10_000)
+    rng = np.random.default_rng(1)
+    memory = replay.init_memory(rows, games, STATE_SHAPE, jnp.uint8, num_actions, circular=True)
+    memory = memory.replace(states=jnp.asarray(rng.integers(0, 256, memory.states.shape), jnp.uint8),
+                            count=jnp.int32(rows + 1))
+    stats, key, rate = dqn.Stats.zeros(), jax.random.key(2), jnp.float32(2.5e-4)
+    for _ in range(3):  # compiles once
+        state, stats, key = update(state, stats, memory, key, rate)
+    jax.block_until_ready(state.params)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, stats, key = update(state, stats, memory, key, rate)
+    jax.block_until_ready(state.params)
+    seconds = (time.perf_counter() - start) / steps
+    return {"step_ms": seconds * 1e3, "params": count_params(state.params), "compiles": update.cache_size()}
+
+
 def old_sample_indices(key, errors_flat, used_mask, threshold, min_high_share, batch_size: int):
     """The sampler before the per-cycle plan, kept here only as the benchmark's reference:
     a uniform number for every state of the memory and ``top_k`` over all of them, per batch."""
