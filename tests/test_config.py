@@ -115,3 +115,14 @@ def test_run_directory_is_stable_per_game_and_name(tmp_path):
     assert run_dir("env=pong", "name=try1", "seed=5") == run_dir("env=pong", "name=try1")  # resumes
     assert run_dir("env=pong", "name=try2") == f"{tmp_path}/runs/pong/try2"
     assert run_dir("env=atari", "env.game=ms_pacman") == f"{tmp_path}/runs/ms_pacman/default"
+
+
+def test_the_dqn_group_holds_the_papers_settings_for_a_batch_mean_loss():
+    cfg = compose_config(["algorithm=dqn"])
+    s = cfg.schedule
+    assert (cfg.memory.discount, cfg.memory.batch_size) == (0.99, 32)
+    assert (s.learning_rate.start, s.learning_rate.end, s.rmsprop_decay) == (2.5e-4, 2.5e-4, 0.95)
+    assert s.rmsprop_centered and s.rmsprop_initial_scale == 0.0
+    # DeepMind added 0.01 to the mean square of a gradient summed over the batch; the
+    # loss here is the batch's mean, so the gradient is batch_size times smaller
+    assert s.rmsprop_eps == pytest.approx(0.01 / cfg.memory.batch_size ** 2, rel=0.03)
