@@ -200,6 +200,11 @@ def test_jobs_through_a_local_ray(tmp_path):
     assert all(r.info.status == "FINISHED" for r in children)
 
 
+def _saved_checkpoints(sweep_dir: Path) -> list[Path]:
+    """The jobs' complete checkpoints (a job stopped while saving leaves ``<states>.orbax-checkpoint-tmp``)."""
+    return [p for p in sweep_dir.glob("*/checkpoints/*") if p.name.isdigit()]
+
+
 @pytest.mark.parametrize("launcher", ["basic", "local_parallel"])
 def test_ctrl_c_ends_a_sweep_with_its_runs_killed_and_its_relaunch_resumes(tmp_path, launcher):
     """SIGINT to the launching process once a job has checkpointed: status 130, no further
@@ -213,7 +218,7 @@ def test_ctrl_c_ends_a_sweep_with_its_runs_killed_and_its_relaunch_resumes(tmp_p
     process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONPATH": path, "JAX_PLATFORMS": "cpu"})
     deadline = time.monotonic() + 300
-    while not list(sweep_dir.glob("*/checkpoints/[0-9]*")):
+    while not _saved_checkpoints(sweep_dir):
         assert process.poll() is None and time.monotonic() < deadline, "no job checkpointed"
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
@@ -228,7 +233,7 @@ def test_ctrl_c_ends_a_sweep_with_its_runs_killed_and_its_relaunch_resumes(tmp_p
     assert children and len(children) < 3 and all(r.info.status == "KILLED" for r in children)
 
     # The budget it resumes with is spent already: the interrupted job only closes its run.
-    saved = max(sweep_dir.glob("*/checkpoints/[0-9]*"), key=lambda p: int(p.name))
+    saved = max(_saved_checkpoints(sweep_dir), key=lambda p: int(p.name))
     saved_run = (saved.parent.parent / "mlflow_run_id").read_text().strip()
     assert (sweep_dir / ".interrupted").exists()  # what the launch left: no job may start after a Ctrl-C
     again = run_app([*sweep, "steps=1"], cwd=tmp_path)
