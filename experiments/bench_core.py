@@ -178,7 +178,7 @@ def bench_dqn_update(steps: int = 200, games: int = 8, rows: int = 12_500, num_a
 
     network = make_network(NetworkConfig(name="nature", conv_features=[16, 32, 32], conv_kernels=[8, 4, 3],
                                          conv_strides=[4, 2, 1], dense=[256], init_stddev=0.0), num_actions)
-    optimizer = L.make_optimizer(0.95, 0.01, 0.0, centered=True)
+    optimizer = L.make_optimizer(0.95, 1e-5, 0.0, centered=True)  # conf/algorithm/dqn.yaml's
     state = dqn.with_target(L.create_train_state(network, jax.random.key(0), np.zeros((1, *STATE_SHAPE), np.uint8),
                                                  optimizer))
     update = dqn.Update(network, optimizer, batch_size=32, discount=0.99, huber_delta=1.0, double=double,
