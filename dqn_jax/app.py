@@ -119,16 +119,21 @@ def build_cycle(cfg, games, parts: Parts, checkpointer: Checkpointer, log: Train
               "state": agent.state_spec(cfg.env, games.observation_shape, games.observation_dtype)}
     algo = cfg.algorithm
     if algo.name in dqn.ALGORITHMS:
-        update = dqn.Update(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
-                            discount=cfg.memory.discount, huber_delta=algo.huber_delta,
-                            double=algo.name == "double_dqn", target_copy_every=algo.target_copy_every)
-        return dqn.DqnCycle(*common, update=update, warmup=algo.warmup, train_every=algo.train_every,
+        return dqn.DqnCycle(*common, update=dqn_update(cfg, parts), warmup=algo.warmup, train_every=algo.train_every,
                             report_every=algo.report_every, **memory)
     learner = Learner(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
                       error_threshold=cfg.memory.error_threshold, min_high_share=cfg.memory.min_high_error_share,
                       loss_window=cfg.schedule.loss_window)
     return hvass.TutorialCycle(*common, learner=learner, discount=cfg.memory.discount,
                                target_method=cfg.memory.target_method, min_epochs=cfg.schedule.min_epochs, **memory)
+
+
+def dqn_update(cfg, parts: Parts) -> dqn.Update:
+    """The gradient step of ``algorithm=dqn`` or ``double_dqn``, as the config sets it."""
+    algo = cfg.algorithm
+    return dqn.Update(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
+                      discount=cfg.memory.discount, huber_delta=algo.huber_delta,
+                      double=algo.name == "double_dqn", target_copy_every=algo.target_copy_every)
 
 
 def _need(cfg, games) -> resources.Need:

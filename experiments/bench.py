@@ -141,9 +141,10 @@ def bench_learner(quick: bool) -> None:
            f"{d['bfloat16'] / d['float32']:.0%} of the float32 speed ({d['bfloat16']:.2f} vs "
            f"{d['float32']:.2f} steps/s); products asked in {'/'.join(d['asked'])}, compiled "
            f"in {'/'.join(d['compiled'])}")
-    for double in (False, True):
-        q = bench_core.bench_dqn_update(steps=50 if quick else 300, double=double)
-        report("c", f"{'Double DQN' if double else 'DQN'} gradient step, compare_algorithms network, batch 32",
+    for algorithm, name in (("dqn", "DQN"), ("double_dqn", "Double DQN")):
+        cfg = _compose(["experiment=compare_algorithms", f"algorithm={algorithm}"])
+        q = bench_core.bench_dqn_update(cfg, steps=50 if quick else 300)
+        report("c", f"{name} gradient step, experiment=compare_algorithms, batch {cfg.memory.batch_size}",
                f"{q['step_ms']:.1f} ms ({q['params']:,} params; compiled {q['compiles']}x): "
                f"<= {4e3 / q['step_ms']:.0f} states/s at a step per 4 states")
     b = gpu_bound()

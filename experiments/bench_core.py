@@ -31,6 +31,7 @@ from dqn_jax import memory as replay  # noqa: E402
 from dqn_jax import sampling  # noqa: E402
 from dqn_jax.config import NetworkConfig  # noqa: E402
 from dqn_jax.networks import count_params, make_network  # noqa: E402
+from dqn_jax.schedules import ControlSignals  # noqa: E402
 
 STATE_SHAPE = (105, 80, 2)
 
@@ -169,25 +170,28 @@ def bench_optimise(batch_size: int = 128, iterations: int = 10, games: int = 8, 
             "steps_per_s": res.iterations / seconds}
 
 
-def bench_dqn_update(steps: int = 200, games: int = 8, rows: int = 12_500, num_actions: int = 4,
-                     double: bool = False) -> dict:
-    """Milliseconds per DQN gradient step (sample, targets, Huber loss, centred RMSProp,
-    target copy), batch 32, the network of ``experiment=compare_algorithms`` (16, 32, 32
-    filters, dense 256) and its 100,000-state memory, uint8 motion-trace states."""
-    from dqn_jax import dqn
+def bench_dqn_update(cfg, steps: int = 200) -> dict:
+    """Milliseconds per DQN gradient step (sample, targets, loss, RMSProp, target copy) of
+    the composed config ``cfg`` (its network, optimiser, batch and memory size, its real
+    games' state), the memory filled with random uint8 states."""
+    from dqn_jax import agent, app, dqn
+    from dqn_jax.config import memory_rows, num_envs
+    from dqn_jax.envs import make_games
 
-    network = make_network(NetworkConfig(name="nature", conv_features=[16, 32, 32], conv_kernels=[8, 4, 3],
-                                         conv_strides=[4, 2, 1], dense=[256], init_stddev=0.0), num_actions)
-    optimizer = L.make_optimizer(0.95, 1e-5, 0.0, centered=True)  # conf/algorithm/dqn.yaml's
-    state = dqn.with_target(L.create_train_state(network, jax.random.key(0), np.zeros((1, *STATE_SHAPE), np.uint8),
-                                                 optimizer))
-    update = dqn.Update(network, optimizer, batch_size=32, discount=0.99, huber_delta=1.0, double=double,
-                        target_copy_every=10_000)
+    games = make_games(cfg.env, num_envs(cfg.env), cfg.seed)
+    try:
+        parts = app.Parts(cfg, games, cfg.seed)
+        shape, dtype = agent.state_spec(cfg.env, games.observation_shape, games.observation_dtype)
+        rows, num_actions = memory_rows(cfg.memory, games.num_envs), games.num_actions
+        memory = replay.init_memory(rows, games.num_envs, shape, dtype, num_actions, circular=True)
+    finally:
+        games.close()
+    update = app.dqn_update(cfg, parts)
     rng = np.random.default_rng(1)
-    memory = replay.init_memory(rows, games, STATE_SHAPE, jnp.uint8, num_actions, circular=True)
-    memory = memory.replace(states=jnp.asarray(rng.integers(0, 256, memory.states.shape), jnp.uint8),
+    memory = memory.replace(states=jnp.asarray(rng.integers(0, 256, memory.states.shape), dtype),
                             count=jnp.int32(rows + 1))
-    stats, key, rate = dqn.Stats.zeros(), jax.random.key(2), jnp.float32(2.5e-4)
+    rate = jnp.float32(ControlSignals.from_config(cfg.schedule).learning_rate(0))
+    state, stats, key = parts.train_state, dqn.Stats.zeros(), jax.random.key(2)
     for _ in range(3):  # compiles once
         state, stats, key = update(state, stats, memory, key, rate)
     jax.block_until_ready(state.params)
