@@ -5,9 +5,9 @@
     python -m dqn_jax.analyze runs/breakout/default states=8 episodes=2 gif=true
 
 From the run's own data: the training curves (its logs and MLflow metrics); from its
-latest checkpoint, a replay memory played the way training would at that point and
-swept, with a grid of the states of largest estimation error and one of random
-states; the first convolution's filters and every convolution's output for the state
+latest checkpoint, a replay memory played the way training would at that point with its
+targets (the tutorial's method: the backward sweep's; DQN: the TD targets), a grid of
+the states of largest estimation error and one of random states; the first convolution's filters and every convolution's output for the state
 of largest error (the dense weights for an MLP); and test episodes as videos with the
 Q-values beside the frames. Every file is logged to the run's MLflow run under
 ``analysis/``. Bad input ends with one line and exit status 2.
@@ -124,11 +124,11 @@ def analyze(run: SavedRun, options: dict) -> tuple[list[Path], dict]:
     files = [pictures.training_curves(run.run_dir, out / "training-curves.png")]
     summary: dict = {"run_dir": str(run.run_dir), "mlflow_run_id": run.run_id}
     with make_games(cfg.env, num_envs(cfg.env), options["seed"]) as games:
-        network, params, counters = run.restore(games)
-        names = games.action_names
+        network, train_state, counters = run.restore(games)
+        params, names = train_state.params, games.action_names
         summary["checkpoint"] = counters
         title = f"{title} at {counters['states']} states"
-        snapshot = probe.play_memory(cfg, games, network, params, counters["states"],
+        snapshot = probe.play_memory(cfg, games, network, train_state, counters["states"],
                                      options["memory"], options["seed"])
     images = cfg.env.kind == "atari"
     if images:

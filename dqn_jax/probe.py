@@ -1,8 +1,8 @@
 """Playing a checkpoint for the analysis: a replay memory, the network's insides, videos.
 
 Everything here works from a restored network and its parameters, the way training
-and test mode use them (``agent.Player``, ``memory.recompute_targets``), so the pictures show
-what the run's own agent does.
+and test mode use them (``agent.Player``, ``memory.recompute_targets``, ``dqn.td_targets``),
+so the pictures show what the run's own agent does.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class Snapshot:
 
     states: np.ndarray
     estimates: np.ndarray  # Q-values estimated while acting
-    targets: np.ndarray  # Q-values after the sweep
+    targets: np.ndarray  # Q-values after the sweep (DQN: its TD target for the action taken)
     actions: np.ndarray
     rewards: np.ndarray
     end_life: np.ndarray
@@ -30,11 +30,12 @@ class Snapshot:
     epsilon: float
 
 
-def play_memory(cfg, games, network, params, count: int, size: int, seed: int) -> Snapshot:
-    """Fill a memory of ``size`` states as training would at ``count`` states, and sweep it."""
+def play_memory(cfg, games, network, train_state, count: int, size: int, seed: int) -> Snapshot:
+    """Fill a memory of ``size`` states as training would at ``count`` states, and give
+    each state its target: the backward sweep's (the tutorial's method) or DQN's."""
     import jax
 
-    from dqn_jax import agent
+    from dqn_jax import agent, dqn
     from dqn_jax import memory as replay
     from dqn_jax.schedules import ControlSignals
 
@@ -47,19 +48,48 @@ def play_memory(cfg, games, network, params, count: int, size: int, seed: int) -
     tracer, key = player.start(frames), jax.random.PRNGKey(seed)
     restart, outcome = np.ones(games.num_envs, bool), None
     for _ in range(rows):
-        memory, key, tracer, actions, epsilon = player.play(params, memory, tracer, frames, restart,
-                                                            key, count, outcome)
+        memory, key, tracer, actions, epsilon = player.play(train_state.params, memory, tracer, frames,
+                                                            restart, key, count, outcome)
         step = games.step(np.asarray(actions))
         outcome = (step.rewards, (step.lives < lives) & ~step.ended, step.ended)
         frames, lives, restart = step.frames, step.lives, step.ended
     memory = replay.record_outcome_jit(memory, *outcome, cfg.memory.reward_clip)
     estimates = np.array(memory.q_values)  # a copy: the sweep donates the memory
+    if cfg.algorithm.name in dqn.ALGORITHMS:
+        host = jax.device_get(memory)
+        return _td_snapshot(cfg, network, train_state.target_params, host, estimates, float(epsilon))
     memory, _ = replay.recompute_targets(memory, cfg.memory.discount,
                                          replay.resolve_target_method(cfg.memory.target_method))
     host = jax.device_get(memory)
     return Snapshot(np.asarray(host.states), estimates, np.asarray(host.q_values),
                     np.asarray(host.actions), np.asarray(host.rewards), np.asarray(host.end_life),
                     np.asarray(host.end_episode), np.asarray(host.errors), float(epsilon))
+
+
+def _td_snapshot(cfg, network, target_params, host, estimates: np.ndarray, epsilon: float) -> Snapshot:
+    """The memory with DQN's targets: r + discount * V(s') for the action taken (as
+    :func:`dqn.td_targets`), the other actions' Q as estimated. The last row has no next
+    state in the memory, so it is left out."""
+    import jax.numpy as jnp
+
+    from dqn_jax import dqn
+
+    states, actions = np.asarray(host.states), np.asarray(host.actions)
+    rows, games, num_actions = estimates.shape
+    flat = jnp.asarray(states[1:].reshape(-1, *states.shape[2:]))
+    next_q_target = np.concatenate([np.asarray(network.apply(target_params, flat[i:i + 256]))
+                                    for i in range(0, len(flat), 256)])
+    terminal = np.asarray(host.end_life) | np.asarray(host.end_episode)
+    td = dqn.td_targets(np.asarray(host.rewards)[:-1].reshape(-1), terminal[:-1].reshape(-1), next_q_target,
+                        estimates[1:].reshape(-1, num_actions), cfg.memory.discount,
+                        double=cfg.algorithm.name == "double_dqn")
+    td = np.asarray(td).reshape(rows - 1, games)
+    targets = estimates[:-1].copy()
+    np.put_along_axis(targets, actions[:-1, :, None], td[..., None], axis=-1)
+    taken = np.take_along_axis(estimates[:-1], actions[:-1, :, None], axis=-1)[..., 0]
+    return Snapshot(states[:-1], estimates[:-1], targets, actions[:-1], np.asarray(host.rewards)[:-1],
+                    np.asarray(host.end_life)[:-1], np.asarray(host.end_episode)[:-1],
+                    np.abs(td - taken), epsilon)
 
 
 def pick_states(snapshot: Snapshot, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -149,7 +149,8 @@ class SavedRun:
         return True
 
     def restore(self, games):
-        """(network, params, counters) of the latest checkpoint, for ``games``' shapes."""
+        """(network, train state, counters) of the latest checkpoint, for ``games``' shapes
+        (a DQN run's train state holds its target network too)."""
         from dqn_jax.app import Parts
         from dqn_jax.checkpoints import Checkpointer
 
@@ -163,4 +164,4 @@ class SavedRun:
             except Exception as err:  # Orbax raises many kinds for a damaged or foreign file
                 raise RunError(f"the checkpoint at {step} states in {checkpointer.directory} cannot "
                                f"be read ({type(err).__name__})") from None
-        return parts.network, train_state.params, {k: int(v) for k, v in counters.items()}
+        return parts.network, train_state, {k: int(v) for k, v in counters.items()}
