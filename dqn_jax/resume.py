@@ -61,14 +61,9 @@ def restart_history(client, run_dir: Path, states: int) -> str | None:
     Nothing changes (and the same id comes back) when the history does not reach past
     ``states``; None when the directory has no MLflow run in this store.
     """
-    from mlflow.exceptions import MlflowException
-
     run_id = tracking.read_run_id(run_dir)
-    if run_id is None:
-        return None
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
+    run = tracking.read_run(client, run_id)
+    if run is None:
         return None
     if run.info.lifecycle_stage != "active" or _latest_step(run) <= states:
         return run_id

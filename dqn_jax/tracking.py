@@ -48,6 +48,7 @@ METRICS_PER_BATCH = spool.METRICS_PER_BATCH
 # environment wins: set these variables to change the budget.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+READ_RETRY_SECONDS = (2.0, 8.0)  # waits before asking a busy or unreachable store again for a run
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3: training runs, not GenAI
 _METRIC_NAME = re.compile(r"^[\w\-. :/]+$")
 
@@ -273,17 +274,34 @@ def write_run_id(run_dir: Path, run_id: str) -> None:
     os.replace(tmp, run_dir / RUN_ID_FILE)
 
 
-def _open_run(client, run_id: str | None):
-    """The run ``run_id`` if it exists, undeleted, in this store; else None."""
+def read_run(client, run_id: str | None):
+    """The run ``run_id`` as the store has it (deleted or not), or None when the store has
+    no such run. A store that is busy or away is asked again after each of
+    ``READ_RETRY_SECONDS``, then the command ends with one line (ConfigError): taking it
+    for "no such run" would start a new run and split the history of the one resumed."""
     from mlflow.exceptions import MlflowException
+
+    from dqn_jax.config import ConfigError
 
     if not run_id:
         return None
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        return None
-    return run if run.info.lifecycle_stage == "active" else None
+    for wait in (*READ_RETRY_SECONDS, None):
+        try:
+            return client.get_run(run_id)
+        except MlflowException as exc:
+            if not spool.is_transient(exc):
+                return None  # not a run of this store
+            if wait is None:
+                raise ConfigError(f"the MLflow store did not answer when run {run_id} was read back to "
+                                  f"resume it ({spool.reason(exc)}); nothing was changed: run the same "
+                                  "command again when it answers") from None
+            time.sleep(wait)
+
+
+def _open_run(client, run_id: str | None):
+    """The run ``run_id`` if it exists, undeleted, in this store; else None."""
+    run = read_run(client, run_id)
+    return run if run is not None and run.info.lifecycle_stage == "active" else None
 
 
 def start_tracker(cfg, run_dir: str | Path, *, run_name: str, tags: dict | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 import textwrap
@@ -14,12 +15,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from dqn_jax import config
+from dqn_jax import config, tracking
 from dqn_jax.sweeps import PARENT_RUN_ENV, child_run_name, sweep_parent_run_id
 from dqn_jax.tracking import (
     MlflowTracker,
     NullTracker,
     flatten_config,
+    read_run,
     read_run_id,
     start_tracker,
     tracking_uri,
@@ -163,6 +165,24 @@ def test_a_resumed_job_of_a_relaunched_sweep_moves_to_its_new_parent(root, clien
     assert client.get_run(job.run_id).data.tags["mlflow.parentRunId"] == new_parent.run_id
     old_parent.finish()
     new_parent.finish()
+
+
+def test_a_store_that_does_not_answer_is_not_taken_for_a_run_it_does_not_have(client, monkeypatch):
+    """A resume reads its run back: a store without it gives None (a new run starts); one
+    that does not answer is asked again, then ends the command with one line, so a second
+    run does not split the history (the old code took every error for a missing run)."""
+    assert read_run(client, "0" * 32) is None and read_run(client, None) is None
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setattr(tracking, "READ_RETRY_SECONDS", (0.2, 0.2))
+    start = time.monotonic()
+    with pytest.raises(config.ConfigError) as raised:
+        read_run(MlflowClient(f"http://127.0.0.1:{port}"), "0" * 32)
+    assert time.monotonic() - start >= 0.4  # asked three times, waiting in between
+    message = str(raised.value)
+    assert "\n" not in message and f"run {'0' * 32} was read back" in message and "connection refused" in message
 
 
 def test_failed_status_parent_and_context_manager(root, client, tmp_path):
