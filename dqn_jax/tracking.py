@@ -293,7 +293,7 @@ def read_run(client, run_id: str | None):
                 return None  # not a run of this store
             if wait is None:
                 raise ConfigError(f"the MLflow store did not answer when run {run_id} was read back to "
-                                  f"resume it ({spool.reason(exc)}); nothing was changed: run the same "
+                                  f"resume it ({spool.reason(exc)}); nothing is lost: run the same "
                                   "command again when it answers") from None
             time.sleep(wait)
 
