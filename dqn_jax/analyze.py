@@ -7,8 +7,9 @@
 From the run's own data: the training curves (its logs and MLflow metrics); from its
 latest checkpoint, a replay memory played the way training would at that point with its
 targets (the tutorial's method: the backward sweep's; DQN: the TD targets), a grid of
-the states of largest estimation error and one of random states; the first convolution's filters and every convolution's output for the state
-of largest error (the dense weights for an MLP); and test episodes as videos with the
+the states of largest estimation error and one of random states; the first
+convolution's filters and every convolution's output for the state of largest error
+(the dense weights for an MLP); and test episodes as videos with the
 Q-values beside the frames. Every file is logged to the run's MLflow run under
 ``analysis/``. Bad input ends with one line and exit status 2.
 """

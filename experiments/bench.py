@@ -146,7 +146,8 @@ def bench_learner(quick: bool) -> None:
         q = bench_core.bench_dqn_update(cfg, steps=50 if quick else 300)
         report("c", f"{name} gradient step, experiment=compare_algorithms, batch {cfg.memory.batch_size}",
                f"{q['step_ms']:.1f} ms ({q['params']:,} params; compiled {q['compiles']}x): "
-               f"<= {4e3 / q['step_ms']:.0f} states/s at a step per 4 states")
+               f"<= {cfg.algorithm.train_every * 1e3 / q['step_ms']:.0f} states/s at a step per "
+               f"{cfg.algorithm.train_every} states")
     b = gpu_bound()
     report("c", "hvass forward / update FLOPs per batch 128",
            f"{b['forward_flops'] / 1e9:.1f} / {b['step_flops'] / 1e9:.1f} GFLOP (update = 3x fwd)")
