@@ -2,14 +2,16 @@
 
 Bad input (a misspelt key, a value of the wrong type, an unknown group option, a
 value out of range) ends with one line on stderr naming what is wrong and what is
-allowed, exit status 2, and nothing written. Ctrl-C ends with one line and status 130,
-after training has saved its checkpoint. To get that line out of Hydra's
+allowed, exit status 2, and nothing written. Ctrl-C, SIGTERM and SIGHUP end with one
+line and status 128 + the signal's number (130, 143, 129), after training has saved its
+checkpoint (:mod:`dqn_jax.interrupts`). To get that line out of Hydra's
 multi-line composition errors, stderr is held until the task starts; if Hydra
 exits before that, the held text is folded into one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import re
@@ -22,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dqn_jax import config as config_module
-from dqn_jax import interrupts
+from dqn_jax import interrupts, sweep_jobs
 from dqn_jax.config import ConfigError, check_missing, register_configs, validate
 from dqn_jax.faults import Diverged
 from dqn_jax.interrupts import StopRequest
@@ -31,7 +33,7 @@ register_configs()
 
 USAGE_ERROR = 2
 RUN_FAILED = 1  # the run started and failed (training diverged)
-INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
+INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT); SIGTERM: 143
 
 
 class _HeldStderr(io.TextIOBase):
@@ -111,15 +113,21 @@ def _is_multirun() -> bool:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def app(cfg: DictConfig):
     _release_stderr()
+    stop_request = None
     try:
         check_missing(cfg)
         settings = OmegaConf.to_object(cfg)
         validate(settings)
         from dqn_jax.app import run  # JAX and the games load only for a valid config
 
-        with interrupts.stop_request() as stop_request:
+        with interrupts.stop_request() as stop_request, _marked_running():
+            stop_request.grace = settings.stop_grace_seconds
             stop_request.check()  # Ctrl-C while starting up: do not start the run
             return run(settings)
+    except KeyboardInterrupt:
+        if _is_multirun() and not sweep_jobs.in_launching_process():
+            sweep_jobs.job_stopped(stop_request)  # saved and closed: requeued (submitit), or a KILLED job
+        raise
     except (ConfigError, Diverged) as err:
         if _is_multirun():
             raise  # Hydra marks this job failed; the sweep's other jobs go on
@@ -127,6 +135,15 @@ def app(cfg: DictConfig):
             _remove_empty_run_dir(cfg)
         print(f"dqn_jax: error: {err}", file=sys.stderr)
         sys.exit(USAGE_ERROR if isinstance(err, ConfigError) else RUN_FAILED)
+
+
+def _marked_running():
+    """A sweep job in a worker process is marked running, so a stop signal to the launching
+    process reaches it (:func:`dqn_jax.sweep_jobs.stop_running_jobs`)."""
+    if not _is_multirun() or sweep_jobs.in_launching_process():
+        return contextlib.nullcontext()
+    hydra_cfg = HydraConfig.get()
+    return sweep_jobs.running_job(hydra_cfg.sweep.dir, hydra_cfg.job.num)
 
 
 def _remove_empty_run_dir(cfg: DictConfig) -> None:
@@ -157,9 +174,11 @@ def main() -> None:
         raise
     except KeyboardInterrupt:
         _release_stderr()
-        print("dqn_jax: interrupted (a training run resumes from its last checkpoint: run the same "
+        name = interrupts.signal_name(stop_request.signum)
+        what = "interrupted" if name == "SIGINT" else f"stopped by {name}"
+        print(f"dqn_jax: {what} (a training run resumes from its last checkpoint: run the same "
               "command again)", file=sys.stderr)
-        raise SystemExit(INTERRUPTED) from None
+        raise SystemExit(stop_request.exit_status) from None
     finally:
         _release_stderr()
 

@@ -182,6 +182,7 @@ class Cycle:
     def __init__(self, games, player: Player, signals, checkpointer, log: logs.TrainingLog, budget: Budget):
         self.games, self.player, self.signals = games, player, signals
         self.checkpointer, self.log, self.budget = checkpointer, log, budget
+        self.limits = None  # faults.Limits: how far a finite run may go (None: finiteness alone)
 
     def record_episodes(self, outcome: Outcome, counters: Counters, epsilon) -> None:
         """Count and log the episodes that ended in this step."""

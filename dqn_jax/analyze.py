@@ -24,6 +24,7 @@ import numpy as np
 
 from dqn_jax import pictures
 from dqn_jax.config import ConfigError, num_envs
+from dqn_jax.interrupts import StopRequest, signal_name
 from dqn_jax.saved_run import RunError, SavedRun
 
 USAGE_ERROR = 2
@@ -158,17 +159,22 @@ def main(argv=None) -> int:
         for name, (_, default, text) in OPTIONS.items():
             print(f"  {name:<13} {text} (default {default})")
         return 0
+    # Ctrl-C, SIGTERM, SIGHUP stop at once: the pictures are written whole or not at all
+    request = StopRequest(hint=False, grace=None, at_once=True)
     try:
-        options = parse_args(argv)
-        run = (SavedRun(options["run_dir"], options["tracking_uri"]) if options["run_dir"]
-               else SavedRun.from_run_id(options["run_id"], options["tracking_uri"]))
-        files, _ = analyze(run, options)
+        with request:
+            options = parse_args(argv)
+            run = (SavedRun(options["run_dir"], options["tracking_uri"]) if options["run_dir"]
+                   else SavedRun.from_run_id(options["run_id"], options["tracking_uri"]))
+            files, _ = analyze(run, options)
     except (RunError, ConfigError) as err:
         print(f"dqn_jax.analyze: error: {err}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
-        print("dqn_jax.analyze: interrupted", file=sys.stderr)
-        return 130
+        name = signal_name(request.signum)
+        print("dqn_jax.analyze: interrupted" if name == "SIGINT" else f"dqn_jax.analyze: stopped by {name}",
+              file=sys.stderr)
+        return request.exit_status
     for path in files:
         print(f"wrote {path}")
     if options["log"] and run.log_files(files, OUT_DIR):

@@ -14,11 +14,22 @@ import numpy as np
 import optax
 from omegaconf import OmegaConf
 
-from dqn_jax import agent, display, dqn, hvass, pictures, resources, resume, sweeps, tracking
+from dqn_jax import (
+    agent,
+    display,
+    dqn,
+    hvass,
+    interrupts,
+    pictures,
+    resources,
+    resume,
+    sweeps,
+    tracking,
+)
 from dqn_jax.checkpoints import Checkpointer
 from dqn_jax.config import ConfigError, memory_rows, num_envs
 from dqn_jax.envs import make_games
-from dqn_jax.faults import FAILURE_TAG, Diverged
+from dqn_jax.faults import FAILURE_TAG, Diverged, Limits
 from dqn_jax.learner import Learner, create_train_state, describe_device, make_optimizer
 from dqn_jax.logs import TrainingLog, read_rewards
 from dqn_jax.networks import make_network
@@ -83,6 +94,7 @@ def run_train(cfg, run_dir: Path):
         return outcome.get(cfg.objective)
     except KeyboardInterrupt:
         status = "KILLED"
+        tracker.set_tags({interrupts.STOP_TAG: _stop_signal()})
         raise
     except Diverged as err:
         tracker.set_tags({FAILURE_TAG: str(err)})
@@ -119,13 +131,17 @@ def build_cycle(cfg, games, parts: Parts, checkpointer: Checkpointer, log: Train
               "state": agent.state_spec(cfg.env, games.observation_shape, games.observation_dtype)}
     algo = cfg.algorithm
     if algo.name in dqn.ALGORITHMS:
-        return dqn.DqnCycle(*common, update=dqn_update(cfg, parts), warmup=algo.warmup, train_every=algo.train_every,
-                            report_every=algo.report_every, **memory)
-    learner = Learner(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
-                      error_threshold=cfg.memory.error_threshold, min_high_share=cfg.memory.min_high_error_share,
-                      loss_window=cfg.schedule.loss_window)
-    return hvass.TutorialCycle(*common, learner=learner, discount=cfg.memory.discount,
-                               target_method=cfg.memory.target_method, min_epochs=cfg.schedule.min_epochs, **memory)
+        cycle = dqn.DqnCycle(*common, update=dqn_update(cfg, parts), warmup=algo.warmup,
+                             train_every=algo.train_every, report_every=algo.report_every, **memory)
+    else:
+        learner = Learner(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
+                          error_threshold=cfg.memory.error_threshold,
+                          min_high_share=cfg.memory.min_high_error_share, loss_window=cfg.schedule.loss_window)
+        cycle = hvass.TutorialCycle(*common, learner=learner, discount=cfg.memory.discount,
+                                    target_method=cfg.memory.target_method, min_epochs=cfg.schedule.min_epochs,
+                                    **memory)
+    cycle.limits = Limits.from_config(cfg)
+    return cycle
 
 
 def dqn_update(cfg, parts: Parts) -> dqn.Update:
@@ -217,35 +233,45 @@ def run_test(cfg, run_dir: Path):
         return stats.get(cfg.objective.removeprefix("test/"))
     except KeyboardInterrupt:
         status = "KILLED"
+        tracker.set_tags({interrupts.STOP_TAG: _stop_signal()})
         raise
     finally:
-        if sink is not None:
-            sink.close()
-            for path in getattr(sink, "paths", []):
-                tracker.log_artifact(path, "videos")
-        tracker.finish(status)
-        checkpointer.close()
-        games.close()
+        with interrupts.stop_request() as stop_request, stop_request.deferred():  # a second signal: no cut
+            if sink is not None:
+                sink.close()
+                for path in getattr(sink, "paths", []):
+                    tracker.log_artifact(path, "videos")
+            tracker.finish(status)
+            checkpointer.close()
+            games.close()
 
 
 def _run_name(cfg) -> str:
     return f"{cfg.env.game}-{cfg.name}"
 
 
+def _stop_signal() -> str:
+    active = interrupts.active()
+    return interrupts.signal_name(active.signum if active is not None else None)
+
+
 def _close_run(tracker, run_dir: Path, status: str, checkpointer, cfg) -> None:
-    if tracker.run_id is not None and (run_dir / "config.yaml").exists():  # the run's final curves
-        tracker.flush()
-        pictures.log_training_curves(tracker, run_dir)
-    for name in ("config.yaml", "rewards.csv", "q_values.csv"):
-        if (run_dir / name).exists():
-            tracker.log_artifact(run_dir / name)
-    if checkpointer is not None:
-        checkpointer.wait()
-        latest = checkpointer.latest_step()
-        if cfg.logger.log_checkpoints and latest is not None:
-            tracker.log_artifacts(run_dir / "checkpoints" / str(latest), f"checkpoints/{latest}")
-        checkpointer.close()
-    tracker.finish(status)
+    """Log the run's files and close it; a second stop signal (or the grace period running
+    out) does not cut this, it skips the slow parts: the curves and the checkpoint's upload."""
+    with interrupts.stop_request() as stop_request, stop_request.deferred():
+        if not stop_request.forced and tracker.run_id is not None and (run_dir / "config.yaml").exists():
+            tracker.flush()
+            pictures.log_training_curves(tracker, run_dir)  # the run's final curves
+        for name in ("config.yaml", "rewards.csv", "q_values.csv"):
+            if (run_dir / name).exists():
+                tracker.log_artifact(run_dir / name)
+        if checkpointer is not None:
+            checkpointer.wait()
+            latest = checkpointer.latest_step()
+            if cfg.logger.log_checkpoints and latest is not None and not stop_request.forced:
+                tracker.log_artifacts(run_dir / "checkpoints" / str(latest), f"checkpoints/{latest}")
+            checkpointer.close()
+        tracker.finish(status)
 
 
 def _print_summary(title: str, values: dict) -> None:

@@ -128,6 +128,21 @@ class LoggerConfig:
 
 
 @dataclass
+class FaultsConfig:
+    """When a run that stays finite counts as diverged (:mod:`dqn_jax.faults`)."""
+
+    # Q-values and targets may reach q_factor x memory.reward_clip / (1 - memory.discount),
+    # the largest discounted sum of clipped rewards; null: no bound on them
+    q_factor: float | None = 10.0
+    q_bound: float | None = None  # an explicit bound on |Q| instead of the one q_factor gives
+    # a cycle's loss may reach loss_growth x its running level (the median of the last
+    # cycles, at least reward_clip squared); null: no limit on the loss
+    loss_growth: float | None = 1000.0
+    loss_window: int = 10  # learning cycles in the running level
+    loss_after: int = 3  # cycles before the loss is judged (the first ones set its level)
+
+
+@dataclass
 class CheckpointConfig:
     keep: int = 3  # checkpoints kept; older ones are deleted
     resume: bool = True  # continue from the latest checkpoint in the run directory
@@ -150,6 +165,7 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     mode: str = "train"  # "train" or "test"
     name: str = "default"  # the run's name; the run directory is runs/<game>/<name>
@@ -165,6 +181,9 @@ class Config:
     objective: str = "test/mean_score"  # what a sweep job returns (metric name)
     test_episodes_after_training: int = 0  # play this many test episodes when training ends
     test_checkpoints: str = "latest"  # test mode: "latest", or "all" for a score-over-training curve
+    # after a stop signal (SIGTERM, Ctrl-C), stop at once if the run has not stopped within this
+    # (a save already begun is finished); below the cluster's kill wait (Slurm, Kubernetes: 30 s)
+    stop_grace_seconds: float = 25.0
 
 
 def register_configs() -> None:
@@ -207,11 +226,12 @@ POSITIVE = ("memory.size", "memory.batch_size", "memory.reward_clip", "env.frame
             "env.width", "env.stack_size", "checkpoint.keep", "env.num_envs", "episodes", "video_episodes", "steps",
             "schedule.min_epochs", "schedule.loss_window", "logger.flush_seconds",
             "algorithm.train_every", "algorithm.target_copy_every", "algorithm.huber_delta",
-            "algorithm.report_every",
+            "algorithm.report_every", "stop_grace_seconds", "faults.q_factor", "faults.q_bound",
+            "faults.loss_window",
             *(f"schedule.{name}.span" for name in SIGNALS))
 NOT_NEGATIVE = ("memory.error_threshold", "schedule.rmsprop_eps", "schedule.rmsprop_initial_scale",
                 "algorithm.warmup", "test_episodes_after_training",
-                "env.trace_threshold",
+                "env.trace_threshold", "faults.loss_after",
                 *(f"schedule.{name}.{end}" for name in SIGNALS for end in ("start", "end")))
 UNIT_INTERVAL = ("memory.discount", "memory.min_high_error_share", "env.repeat_action_probability",
                  "env.trace_decay", "schedule.epsilon_test", "schedule.rmsprop_decay",
@@ -245,6 +265,9 @@ def validate(cfg) -> None:
             f"memory.batch_size={cfg.memory.batch_size} is larger than memory.size={cfg.memory.size}; "
             "a batch must be at most the memory's size"
         )
+    if cfg.faults.loss_growth is not None and cfg.faults.loss_growth <= 1:
+        raise ConfigError(f"faults.loss_growth={cfg.faults.loss_growth} is out of range; it must be > 1 "
+                          "(a multiple of the loss's running level), or null for no limit")
     if cfg.render and cfg.video:
         raise ConfigError("render=true and video=true cannot be combined; choose one")
 

@@ -75,7 +75,7 @@ class TutorialCycle(Cycle):
         swept = {k: float(v) for k, v in jax.device_get(swept).items()}
         targets_seconds = time.perf_counter() - targets_start
         self.log.targets(counters.episodes, counters.states, swept)
-        check_cycle(cycle=cycle, states=counters.states, signals=values,
+        check_cycle(cycle=cycle, limits=self.limits, states=counters.states, signals=values,
                     values={f"swept Q-value {k[2:]}": swept[k] for k in ("q_min", "q_max")})
         progress, done = self.log.optimising(cycle)
         learn_start = time.perf_counter()
@@ -87,7 +87,7 @@ class TutorialCycle(Cycle):
         counters.cycles = cycle
         seconds = {"play": played.seconds, "targets": targets_seconds, "optimise": time.perf_counter() - learn_start}
         self.log.cycle(cycle, counters.states, _cycle_metrics(cycle, result, values, swept, played.states, seconds))
-        check_cycle(cycle=cycle, states=counters.states, signals=values,
+        check_cycle(cycle=cycle, limits=self.limits, states=counters.states, signals=values,
                     values={"batch loss": float(result.mean_loss)}, params=train_state.params)
         return replay.reset(memory), train_state, key, float(result.mean_loss)
 

@@ -13,6 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -65,7 +69,6 @@ def _client(config):
 
 def _cut(text: str) -> str:
     return text if len(text) <= MAX_TAG_LENGTH else text[:MAX_TAG_LENGTH - 3] + "..."
-
 
 
 def job_overrides(config: DictConfig, common: list[str] | None = None) -> list[str]:
@@ -131,3 +134,90 @@ def _common_overrides(client, parent_id: str | None) -> list[str]:
         return [str(o) for o in json.loads(logged)]
     except ValueError:
         return []
+
+
+# ---------------------------------------------------------------------------- stopped jobs
+
+LAUNCHER_PID_ENV = "DQN_JAX_SWEEP_PID"  # the launching process of the sweep, set while it runs
+INTERRUPTED_FILE = ".interrupted"  # in the sweep directory after a stop signal: no job starts
+RUNNING_DIR = ".running"  # in the sweep directory: a file per job running now, holding its pid
+
+
+class JobStopped(RuntimeError):
+    """A sweep job in a worker process stopped by a signal: saved, its run KILLED."""
+
+
+def in_launching_process() -> bool:
+    """True in the process that launched the sweep (the basic launcher runs its jobs there)."""
+    return os.environ.get(LAUNCHER_PID_ENV, str(os.getpid())) == str(os.getpid())
+
+
+def job_stopped(stop_request) -> None:
+    """A job's run stopped, saved and closed KILLED in a worker: ask submitit to requeue it
+    (its time-limit signal came; submitit exits the process), else raise :class:`JobStopped`,
+    which the launcher reports back like any job's error (a KeyboardInterrupt would be
+    taken for the worker's death, and joblib would kill the other workers mid-save)."""
+    from dqn_jax.interrupts import signal_name
+
+    if stop_request is not None and stop_request.requeue is not None:
+        stop_request.requeue(stop_request.signum, None)
+    name = signal_name(stop_request.signum if stop_request is not None else None)
+    raise JobStopped(f"stopped by {name} with its checkpoint saved; relaunch the sweep to resume it") from None
+
+
+@contextmanager
+def running_job(sweep_dir: str | Path, job_num) -> Iterator[None]:
+    """Mark the job running (its pid in ``<sweep_dir>/.running/<job_num>``) while the block runs:
+    the launching process forwards a stop signal to it and waits for it (:func:`stop_running_jobs`)."""
+    if (Path(str(sweep_dir)) / INTERRUPTED_FILE).exists():  # (Hydra turns a callback's error into a warning)
+        raise JobStopped(f"not started: the sweep was stopped; job {job_num} runs when it is relaunched")
+    marker = Path(str(sweep_dir)) / RUNNING_DIR / str(job_num)
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{socket.gethostname()} {os.getpid()}")
+    except OSError as exc:
+        log.warning("cannot mark the job running in %s (%s): a stop signal will not reach it", marker, exc)
+    try:
+        yield
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _running_pids(sweep_dir: Path) -> list[int]:
+    """The pids of this machine's jobs marked running (a job on another node stops by its own signal)."""
+    pids = []
+    for marker in (sweep_dir / RUNNING_DIR).glob("*"):
+        try:
+            host, pid = marker.read_text().split()
+        except (OSError, ValueError):
+            continue
+        if host == socket.gethostname() and _alive(int(pid)):
+            pids.append(int(pid))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
+def stop_running_jobs(sweep_dir: str | Path, signum: int, grace: float) -> int:
+    """Send ``signum`` to the sweep's running jobs on this machine and wait (at most ``grace``
+    seconds) until they have saved and ended; the number of jobs signalled."""
+    sweep_dir, signalled = Path(str(sweep_dir)), set()
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        running = _running_pids(sweep_dir)
+        if not running:
+            break
+        for pid in set(running) - signalled:  # a job that began as the signal came is stopped too
+            with suppress(OSError):
+                os.kill(pid, signum)
+            signalled.add(pid)
+        time.sleep(0.1)
+    return len(signalled)

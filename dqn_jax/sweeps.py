@@ -35,7 +35,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from dqn_jax import stale, tracking
+from dqn_jax import interrupts, stale, sweep_jobs, tracking
 from dqn_jax.job_resources import JobResources  # noqa: F401 - hydra/launcher=local_parallel names it here
 from dqn_jax.sweep_jobs import (  # noqa: F401 - PARENT_RUN_ENV, child_run_name and job_overrides: used by others
     PARENT_RUN_ENV,
@@ -53,11 +53,7 @@ from dqn_jax.sweep_jobs import (  # noqa: F401 - PARENT_RUN_ENV, child_run_name 
 log = logging.getLogger(__name__)
 
 JOB_TAG = "dqn_jax.jobs."  # parent tags dqn_jax.jobs.<num> = COMPLETED | FAILED: <error>
-INTERRUPTED_FILE = ".interrupted"  # in the sweep directory after a Ctrl-C
-
-
-class SweepInterrupted(RuntimeError):
-    """A job not started because the sweep was interrupted (Ctrl-C)."""
+INTERRUPTED_FILE = sweep_jobs.INTERRUPTED_FILE  # in the sweep directory after a stop signal
 
 
 # ---------------------------------------------------------------------------- the jobs' side
@@ -93,26 +89,39 @@ class SweepParentCallback(Callback):
         return {"tracker": tracking.NullTracker(), "config": None, "_job_started_ms": 0,
                 "_interrupted": False}
 
-    def _watch_ctrl_c(self) -> None:
-        """Remember a Ctrl-C (the parent then ends KILLED, not FAILED), then stop.
+    def _watch_stop_signals(self, config: DictConfig) -> None:
+        """Remember a stop signal (Ctrl-C, SIGTERM, SIGHUP: the parent then ends KILLED, not
+        FAILED), and stop the running jobs at their next safe point.
 
         With the basic launcher the job runs in this process, and the handler before
         ours stops it at its next safe point (:mod:`dqn_jax.interrupts`). Other launchers
-        run the jobs elsewhere: this process only waits for them, so it stops at once.
+        run the jobs in other processes, which this one only waits for: it sends them the
+        signal, waits until they have saved and closed their runs (at most the grace
+        period), then stops the launcher (:func:`dqn_jax.sweep_jobs.stop_running_jobs`).
         """
-        previous = signal.getsignal(signal.SIGINT)
-        in_process = str(self.config.hydra.launcher.get("_target_", "")).endswith("BasicLauncher")
+        in_process = str(config.hydra.launcher.get("_target_", "")).endswith("BasicLauncher")
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        previous = {signum: signal.getsignal(signum) for signum in interrupts.STOP_SIGNALS}
 
-        def on_sigint(signum, frame):
+        def on_signal(signum, frame):
+            first = not self._interrupted
             self._interrupted = True
-            with contextlib.suppress(OSError):  # for the jobs in other processes
-                (Path(str(self.config.hydra.sweep.dir)) / INTERRUPTED_FILE).touch()
-            if in_process and callable(previous):
-                return previous(signum, frame)
+            with contextlib.suppress(OSError):  # no job may start after this
+                (sweep_dir / INTERRUPTED_FILE).touch()
+            if in_process and callable(previous[signum]):
+                return previous[signum](signum, frame)
+            if callable(previous[signum]):
+                with contextlib.suppress(KeyboardInterrupt):
+                    previous[signum](signum, frame)  # records the signal: the exit status is 128 + it
+            if first:
+                request = interrupts.active()
+                grace = request.grace if request is not None and request.grace else interrupts.DEFAULT_GRACE_SECONDS
+                sweep_jobs.stop_running_jobs(sweep_dir, signum, grace)
             raise KeyboardInterrupt
 
-        with contextlib.suppress(ValueError):  # not the main thread: a Ctrl-C reads as a failure
-            signal.signal(signal.SIGINT, on_sigint)
+        with contextlib.suppress(ValueError):  # not the main thread: a signal reads as a failure
+            for signum in interrupts.STOP_SIGNALS:
+                signal.signal(signum, on_signal)
 
     # -- the launching process
 
@@ -120,6 +129,8 @@ class SweepParentCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         _check_store(config)
         (sweep_dir / INTERRUPTED_FILE).unlink(missing_ok=True)  # an earlier launch's Ctrl-C: this one resumes
+        os.environ[sweep_jobs.LAUNCHER_PID_ENV] = str(os.getpid())  # the jobs tell their process from this one
+        self._watch_stop_signals(config)
         if config.logger.name != "none":
             _close_killed_launch(config, tracking.read_run_id(sweep_dir))
         if config.logger.name == "none" or os.environ.get(PARENT_RUN_ENV):
@@ -143,7 +154,6 @@ class SweepParentCallback(Callback):
         # the threads left running (a job's hung thread must not keep the parent open).
         register = getattr(threading, "_register_atexit", atexit.register)
         register(self._close_at_exit)
-        self._watch_ctrl_c()
         log.info("MLflow: sweep %s, parent run %s", sid, self.tracker.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -243,9 +253,10 @@ class SweepParentCallback(Callback):
         # After a Ctrl-C (the running jobs save and close their runs) start no more jobs;
         # the parent is closed KILLED at exit.
         if self._interrupted:
-            raise SystemExit(130)  # the launching process (basic launcher)
-        if _is_multirun(config.hydra) and (Path(str(config.hydra.sweep.dir)) / INTERRUPTED_FILE).exists():
-            raise SweepInterrupted(f"the sweep was interrupted; job {config.hydra.job.num} not started")
+            request = interrupts.active()  # the launching process (basic launcher)
+            raise SystemExit(request.exit_status if request is not None else 130)
+        # (a job in another process checks the sweep's INTERRUPTED_FILE itself, in
+        # sweep_jobs.running_job: Hydra turns an exception raised here into a warning)
         self._job_started_ms = int(time.time() * 1000) - 1000
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
@@ -265,6 +276,7 @@ class SweepParentCallback(Callback):
         mine = job_overrides(config, common)
         failed = job_return.status != JobStatus.COMPLETED
         error = job_return._return_value if failed else None
+        stopped = isinstance(error, sweep_jobs.JobStopped)  # saved and KILLED: not a failure
         tags = {"dqn_jax.sweep_id": sweep_id(config.hydra.sweep.dir),
                 "dqn_jax.job_num": str(config.hydra.job.num),
                 "dqn_jax.overrides": _cut(" ".join(mine)),
@@ -273,10 +285,10 @@ class SweepParentCallback(Callback):
             tags["mlflow.runName"] = _cut(" ".join(mine))
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
-        if failed:
+        if failed and not stopped:
             tags["dqn_jax.error"] = _error_line(error)
         run = _job_run(client, config, self._job_started_ms)
-        if run is None and failed:
+        if run is None and failed and not stopped:  # a job stopped before it started has no run
             run = _open_failed_run(config, tags, parent_id, error)
         if run is not None:
             from mlflow.entities import RunTag
@@ -285,7 +297,7 @@ class SweepParentCallback(Callback):
             if failed and run.info.status == "RUNNING":
                 client.set_terminated(run.info.run_id, "FAILED")
         if parent_id:
-            status = f"FAILED: {_error_line(error)}" if failed else "COMPLETED"
+            status = f"{'KILLED' if stopped else 'FAILED'}: {_error_line(error)}" if failed else "COMPLETED"
             client.set_tag(parent_id, f"{JOB_TAG}{config.hydra.job.num}", _cut(status))
 
 

@@ -1,0 +1,220 @@
+"""Stopped from outside: SIGTERM, SIGHUP and Ctrl-C end a run saved, KILLED, resumable.
+
+Real training subprocesses on tiny settings, real Orbax checkpoints, a real MLflow store;
+signals are sent at chosen moments (while playing, optimising, saving) found from what
+the run writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dqn_jax.app import Parts
+from dqn_jax.checkpoints import Checkpointer
+from dqn_jax.envs import make_games
+from dqn_jax.interrupts import STOP_TAG
+from tests.conftest import ROOT, TINY, compose_config, run_app, start_app
+
+# Helpers that could move to conftest (tests/test_long_runs.py has copies of the first three).
+
+
+def client_for(root: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlruns.db")
+
+
+def steps_of(checkpoints: Path) -> list[int]:
+    """The complete checkpoints (a save in progress is ``<states>.orbax-checkpoint-tmp-...``)."""
+    return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) if checkpoints.is_dir() else []
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 240, every: float = 0.005) -> None:
+    """Poll ``condition()`` until true; fail if the process ends or time runs out first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the process ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(every)
+
+
+def finish(process: subprocess.Popen, cwd: Path, timeout: float = 120) -> tuple[int, str]:
+    """(exit status, stderr) of a process started with ``start_app``."""
+    process.wait(timeout=timeout)
+    return process.returncode, (cwd / "stderr.txt").read_text()
+
+
+def restore(root: Path, checkpoints: Path, overrides=()) -> dict:
+    """The newest checkpoint's counters (it must restore whole)."""
+    cfg = compose_config([*TINY, *overrides], root)
+    games = make_games(cfg.env, 2, 0)
+    try:
+        parts = Parts(cfg, games, 0)
+    finally:
+        games.close()
+    with Checkpointer(checkpoints) as checkpointer:
+        _, _, counters = checkpointer.restore(parts.train_state)
+    return {k: int(v) for k, v in counters.items()}
+
+
+def the_run(root: Path, run_dir: Path):
+    return client_for(root).get_run((run_dir / "mlflow_run_id").read_text().strip())
+
+
+def assert_one_line(stderr: str, start: str) -> None:
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith(start), stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------- single runs
+
+LONG_OPTIMISE = ["schedule.min_epochs=400", "schedule.max_epochs.start=400", "schedule.max_epochs.end=400"]
+
+
+def _stop_at(tmp_path: Path, name: str, moment: str, signum: int, extra=()) -> tuple[int, str, Path]:
+    """Train until ``moment``, send ``signum``; (status, stderr, run directory)."""
+    run_dir = tmp_path / "runs" / "breakout" / name
+    checkpoints, q_rows = run_dir / "checkpoints", run_dir / "q_values.csv"
+    process = start_app([*TINY, "steps=100000", f"name={name}", *extra], tmp_path)
+    if moment == "playing":  # the first cycle saved: the second is playing
+        wait_for(lambda: steps_of(checkpoints), process, "checkpoint")
+        time.sleep(0.3)
+    elif moment == "optimising":  # the first sweep logged, its 400 epochs begun
+        wait_for(lambda: len(read_csv(q_rows)) == 1, process, "sweep")
+        time.sleep(0.5)
+    else:  # a save begun (a temporary directory beside the checkpoints)
+        wait_for(lambda: checkpoints.is_dir() and any("tmp" in p.name for p in checkpoints.iterdir()),
+                 process, "save")
+    process.send_signal(signum)
+    status, stderr = finish(process, tmp_path)
+    return status, stderr, run_dir
+
+
+def test_sigterm_or_sighup_at_any_moment_saves_ends_killed_and_the_relaunch_resumes(tmp_path):
+    """While playing (SIGHUP), optimising and saving (SIGTERM): status 128 + the signal,
+    one line, a complete checkpoint of the state at the stop, the run KILLED naming the
+    signal; the same command again resumes with exact counters and no history twice."""
+    # a memory of 2,000 states: cycles of 1,000 states, seconds of playing between the saves
+    status, stderr, run_dir = _stop_at(tmp_path, "hup", "playing", signal.SIGHUP, ["memory.size=2000"])
+    assert status == 129
+    assert_one_line(stderr, "dqn_jax: stopped by SIGHUP (a training run resumes")
+    counters = restore(tmp_path, run_dir / "checkpoints")
+    swept = [int(r["states"]) for r in read_csv(run_dir / "q_values.csv")]
+    # saved where it stopped, in the middle of a cycle's playing, not at the last cycle's end
+    assert counters["cycles"] == len(swept) and counters["states"] > swept[-1]
+    run = the_run(tmp_path, run_dir)
+    assert run.info.status == "KILLED" and run.data.tags[STOP_TAG] == "SIGHUP"
+    assert run.data.metrics["train/states"] == counters["states"]
+
+    status, stderr, opt_dir = _stop_at(tmp_path, "term", "optimising", signal.SIGTERM, LONG_OPTIMISE)
+    assert status == 143
+    assert_one_line(stderr, "dqn_jax: stopped by SIGTERM (a training run resumes")
+    (row,) = read_csv(opt_dir / "q_values.csv")
+    counters = restore(tmp_path, opt_dir / "checkpoints")
+    assert (counters["states"], counters["cycles"]) == (int(row["states"]), 1)
+    client = client_for(tmp_path)
+    opt_run = the_run(tmp_path, opt_dir)
+    assert opt_run.info.status == "KILLED" and opt_run.data.tags[STOP_TAG] == "SIGTERM"
+    (epochs,) = client.get_metric_history(opt_run.info.run_id, "cycle/epochs")
+    assert 0 < epochs.value < 400  # the optimisation stopped at a batch, not after its 400 epochs
+
+    status, stderr, save_dir = _stop_at(tmp_path, "save", "saving", signal.SIGTERM)
+    assert status == 143
+    assert_one_line(stderr, "dqn_jax: stopped by SIGTERM")
+    saved = steps_of(save_dir / "checkpoints")
+    assert saved and not [p for p in (save_dir / "checkpoints").iterdir() if "tmp" in p.name]
+    counters = restore(tmp_path, save_dir / "checkpoints")  # the save under way was completed, not torn
+    assert counters["states"] == saved[-1]
+    killed = the_run(tmp_path, save_dir)
+    assert killed.info.status == "KILLED" and killed.data.tags[STOP_TAG] == "SIGTERM"
+
+    again = run_app([*TINY, f"steps={counters['states'] + 200}", "name=save"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from {save_dir / 'checkpoints'}: {counters['states']} states" in again.stdout
+    resumed = the_run(tmp_path, save_dir)
+    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
+    assert resumed.data.tags["dqn_jax.resumed_at_states"] == str(counters["states"])
+    rewards = read_csv(save_dir / "rewards.csv")
+    episodes = [int(r["episode"]) for r in rewards]
+    assert episodes == list(range(1, len(rewards) + 1))  # no episode twice, none missing
+    history = client.get_metric_history(resumed.info.run_id, "episode/count")
+    assert sorted((m.step, int(m.value)) for m in history) == [(int(r["states"]), int(r["episode"]))
+                                                                 for r in rewards]
+    cycles = sorted(m.step for m in client.get_metric_history(resumed.info.run_id, "cycle/count"))
+    assert cycles == [int(r["states"]) for r in read_csv(save_dir / "q_values.csv")]
+
+
+def test_a_second_ctrl_c_while_saving_ends_at_once_with_the_checkpoint_intact(tmp_path):
+    """Two Ctrl-C while a checkpoint is being written: the save finishes (it is never torn),
+    then the run closes at once: KILLED, without the slow parts (the curves, the checkpoint's
+    upload), status 130, one line."""
+    run_dir = tmp_path / "runs" / "breakout" / "twice"
+    checkpoints = run_dir / "checkpoints"
+    process = start_app([*TINY, "steps=100000", "name=twice"], tmp_path)
+    wait_for(lambda: checkpoints.is_dir() and any("tmp" in p.name for p in checkpoints.iterdir()), process, "save")
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.002)
+    process.send_signal(signal.SIGINT)
+    status, stderr = finish(process, tmp_path)
+    assert status == 130
+    assert_one_line(stderr, "dqn_jax: interrupted (a training run resumes from its last checkpoint")
+    saved = steps_of(checkpoints)
+    assert saved and not [p for p in checkpoints.iterdir() if "tmp" in p.name]
+    assert restore(tmp_path, checkpoints)["states"] == saved[-1]
+    run = the_run(tmp_path, run_dir)
+    assert run.info.status == "KILLED" and run.data.tags[STOP_TAG] == "SIGINT"
+    artifacts = {a.path for a in client_for(tmp_path).list_artifacts(run.info.run_id)}
+    assert "rewards.csv" in artifacts and "checkpoints" not in artifacts  # the upload was skipped
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A tiny Breakout run with a checkpoint (about 10 s)."""
+    root = tmp_path_factory.mktemp("trained")
+    result = run_app([*TINY, "steps=260", "name=t"], cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+def test_ctrl_c_in_test_mode_ends_with_one_line_and_status_130(trained):
+    test_dir = trained / "runs" / "breakout" / "t" / "test"
+    process = start_app([*TINY, "mode=test", "name=t", "episodes=1000"], trained)
+    wait_for(lambda: (test_dir / "mlflow_run_id").exists(), process, "test run", every=0.05)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    status, stderr = finish(process, trained)
+    assert status == 130
+    assert_one_line(stderr, "dqn_jax: interrupted")
+    run = the_run(trained, test_dir)
+    assert run.info.status == "KILLED" and run.data.tags[STOP_TAG] == "SIGINT"
+
+
+def test_sigterm_ends_analyze_cleanly(trained):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    out = trained / "analyze.txt"
+    curves = trained / "runs" / "breakout" / "t" / "analysis" / "training-curves.png"
+    curves.unlink(missing_ok=True)  # the training run drew it too: wait for analyze's own
+    with open(out, "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "dqn_jax.analyze", str(trained / "runs" / "breakout" / "t"),
+                                    f"tracking_uri=sqlite:///{trained}/mlruns.db", "episodes=5"],
+                                   cwd=trained, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    wait_for(curves.exists, process, "first picture", every=0.05)  # into the analysis
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=120)
+    stderr = out.read_text()
+    assert process.returncode == 143, stderr[-3000:]
+    assert_one_line(stderr, "dqn_jax.analyze: stopped by SIGTERM")
