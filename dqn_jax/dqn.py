@@ -214,6 +214,6 @@ class DqnCycle(Cycle):
             checked = {"batch loss": loss, "batch Q-value min": metrics["q/min"], "batch Q-value max": metrics["q/max"]}
         counters.cycles = cycle
         self.log.cycle(cycle, counters.states, metrics)
-        check_cycle(cycle=cycle, states=counters.states, signals={"learning_rate": values["learning_rate"]},
+        check_cycle(cycle=cycle, limits=self.limits, states=counters.states, signals={"learning_rate": values["learning_rate"]},
                     values=checked, params=train_state.params)
         return memory, train_state, key, loss
