@@ -218,3 +218,116 @@ def test_sigterm_ends_analyze_cleanly(trained):
     stderr = out.read_text()
     assert process.returncode == 143, stderr[-3000:]
     assert_one_line(stderr, "dqn_jax.analyze: stopped by SIGTERM")
+
+
+# ---------------------------------------------------------------------------- sweeps
+
+CART = [*TINY, "env=cartpole", "network=mlp", "network.dense=[16]"]  # (tests/test_sweeps.py's CART)
+EXPERIMENT = "dqn_jax/CartPole-v1"
+
+
+def sweep_runs(root: Path, sweep_dir: Path) -> tuple:
+    """(the sweep's parent run, its children by seed) as the store holds them now."""
+    client = client_for(root)
+    parent = client.get_run((sweep_dir / "mlflow_run_id").read_text().strip())
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return parent, {r.data.params["seed"]: r for r in children}
+
+
+def make_store(root: Path) -> None:
+    """Create the embedded store first: under load, its first migration can outlast the
+    launcher's store check (a thread with a timeout), and a second migration then races it."""
+    client_for(root).search_experiments()
+
+
+def job_checkpoints(sweep_dir: Path) -> dict[str, list[int]]:
+    return {job.name: steps_of(job / "checkpoints") for job in sorted(sweep_dir.glob("[0-9]*"))}
+
+
+def _stop_a_sweep(tmp_path: Path, sweep_dir: Path, launcher: list[str], jobs: int) -> tuple[int, str]:
+    """Launch a sweep of ``jobs`` seeds, SIGTERM it once every job has a checkpoint."""
+    seeds = ",".join(str(s) for s in range(jobs))
+    make_store(tmp_path)
+    process = start_app([*CART, "steps=10000000", "hydra.mode=MULTIRUN", f"hydra.sweep.dir={sweep_dir}",
+                         *launcher, f"seed={seeds}"], tmp_path)
+    wait_for(lambda: sum(bool(s) for s in job_checkpoints(sweep_dir).values()) == jobs, process,
+             "a checkpoint in every job", every=0.2)
+    process.send_signal(signal.SIGTERM)
+    return finish(process, tmp_path, timeout=180)
+
+
+def _assert_stopped_and_resumable(tmp_path: Path, sweep_dir: Path, jobs: int) -> dict:
+    """Every job saved and KILLED by the signal itself; the parent KILLED; {seed: (run id, states)}."""
+    parent, children = sweep_runs(tmp_path, sweep_dir)
+    assert parent.info.status == "KILLED"
+    assert sorted(children) == [str(s) for s in range(jobs)]
+    saved = {}
+    for seed, run in children.items():
+        job_dir = Path(run.data.tags["dqn_jax.run_dir"])
+        checkpoints = steps_of(job_dir / "checkpoints")
+        assert not [p for p in (job_dir / "checkpoints").iterdir() if "tmp" in p.name]  # no torn save
+        # stopped by the signal (not closed by the sweep for a job that was killed)
+        assert run.info.status == "KILLED" and run.data.tags[STOP_TAG] == "SIGTERM"
+        assert "dqn_jax.closed_by_sweep" not in run.data.tags
+        assert run.data.metrics["train/states"] == checkpoints[-1]  # saved where it stopped
+        assert parent.data.tags[f"dqn_jax.jobs.{run.data.tags['dqn_jax.job_num']}"].startswith("KILLED: JobStopped")
+        saved[seed] = (run.info.run_id, checkpoints[-1])
+    assert not list((sweep_dir / ".running").iterdir())
+    return saved
+
+
+def _relaunch_resumes_each(tmp_path: Path, sweep_dir: Path, launcher: list[str], saved: dict) -> None:
+    again = run_app([*CART, "steps=1", "hydra.mode=MULTIRUN", f"hydra.sweep.dir={sweep_dir}", *launcher,
+                     f"seed={','.join(saved)}"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    parent, children = sweep_runs(tmp_path, sweep_dir)
+    assert parent.info.status == "FINISHED"
+    for seed, (run_id, states) in saved.items():  # the same run, from its checkpoint
+        run = children[seed]
+        assert run.info.run_id == run_id and run.info.status == "FINISHED"
+        assert run.data.tags["dqn_jax.resumed_at_states"] == str(states)
+
+
+def test_sigterm_to_a_local_parallel_sweep_saves_every_running_job_and_the_relaunch_resumes_each(tmp_path):
+    """SIGTERM to the launching process only (as `timeout` or Kubernetes send it): it sends
+    the signal on to the jobs in joblib's workers and waits for them to save."""
+    sweep_dir, launcher = tmp_path / "sweep", ["hydra/launcher=local_parallel"]
+    status, stderr = _stop_a_sweep(tmp_path, sweep_dir, launcher, jobs=2)
+    assert status == 143, stderr[-3000:]
+    assert "Traceback" not in stderr and "dqn_jax: stopped by SIGTERM" in stderr
+    saved = _assert_stopped_and_resumable(tmp_path, sweep_dir, jobs=2)
+    _relaunch_resumes_each(tmp_path, sweep_dir, launcher, saved)
+
+
+@pytest.mark.slow
+def test_a_submitit_job_over_its_time_limit_is_requeued_resumes_and_stops_on_sigterm(tmp_path):
+    """submitit's local executor, as on Slurm: a time limit of 1 minute sends SIGUSR2 30 s
+    into the job; the run saves and closes KILLED, submitit requeues the job, which resumes
+    from that checkpoint in the same MLflow run. Then SIGTERM to the sweep stops it saved,
+    and a relaunch resumes it again (about 2 minutes)."""
+    sweep_dir = tmp_path / "sweep"
+    launcher = ["hydra/launcher=submitit_local_cpu", "hydra.launcher.timeout_min=1"]
+    make_store(tmp_path)
+    process = start_app([*CART, "steps=10000000", "hydra.mode=MULTIRUN", f"hydra.sweep.dir={sweep_dir}",
+                         *launcher, "seed=0"], tmp_path)
+    client, job_dir = client_for(tmp_path), sweep_dir / "0"
+
+    def requeued() -> bool:
+        run_file = job_dir / "mlflow_run_id"
+        return run_file.exists() and "dqn_jax.resumed_at_states" in client.get_run(
+            run_file.read_text().strip()).data.tags
+
+    wait_for(requeued, process, "a requeued job resuming", timeout=240, every=0.5)
+    run = client.get_run((job_dir / "mlflow_run_id").read_text().strip())
+    resumed_at = int(run.data.tags["dqn_jax.resumed_at_states"])
+    assert run.data.tags[STOP_TAG] == "SIGUSR2"  # the first attempt was stopped by the time limit
+    logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").glob("*/*_0_log.*"))
+    assert "SIGUSR2: stopping at the next safe point" in logs and "Requeued job" in logs
+    assert f"resuming from {job_dir / 'checkpoints'}: {resumed_at} states" in logs
+    time.sleep(2.0)
+    process.send_signal(signal.SIGTERM)
+    status, stderr = finish(process, tmp_path, timeout=180)
+    assert status == 143, stderr[-3000:]
+    saved = _assert_stopped_and_resumable(tmp_path, sweep_dir, jobs=1)
+    assert saved["0"][0] == run.info.run_id and saved["0"][1] > resumed_at
+    _relaunch_resumes_each(tmp_path, sweep_dir, launcher, saved)
