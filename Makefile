@@ -59,10 +59,12 @@ gpu-check: $(STAMP)
 ## The MLflow UI on the embedded store, in its "Model training" mode (MLflow 3 opens on
 ## GenAI traces otherwise): open the address printed for your experiment (its runs and
 ## their charts), or http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning
+## STORE: the project root (paths.root) whose store to show, this folder by default.
+STORE ?= $(CURDIR)
 ui: $(STAMP)
-	$(BIN)/python -m dqn_jax.ui --root $(CURDIR) --port $(PORT)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db \
-		--default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(PORT)
+	$(BIN)/python -m dqn_jax.ui --root $(STORE) --port $(PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(STORE)/mlruns.db \
+		--default-artifact-root $(STORE)/mlartifacts --host 127.0.0.1 --port $(PORT)
 
 ## Speed benchmarks: ratios measured side by side in one run.
 bench: $(STAMP)

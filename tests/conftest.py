@@ -1,14 +1,24 @@
-"""Shared helpers: compose configs with Hydra's API, run the app in a subprocess."""
+"""The suite's shared plumbing: configs composed with Hydra's API, the app in a subprocess,
+MLflow clients and runs, a real ``mlflow server``, free ports, waiting for a condition.
+
+Every subprocess runs this checkout's code (``PYTHONPATH``), on the CPU, unbuffered.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from dqn_jax.config import register_configs
@@ -18,6 +28,10 @@ CONF = ROOT / "conf"
 
 # Small enough for a 2-core CPU: conf/debug/tiny.yaml (a tiny network, a tiny memory, 2 games).
 TINY = ["+debug=tiny"]
+# The tiny settings on CartPole: episodes short enough to give rewards in 200 states.
+CART = [*TINY, "env=cartpole", "network=mlp", "network.dense=[16]"]
+BREAKOUT = "dqn_jax/breakout"
+CARTPOLE = "dqn_jax/CartPole-v1"
 
 
 def group_options(group: str) -> list[str]:
@@ -32,28 +46,171 @@ def compose_config(overrides=(), tmp_path: Path | None = None, to_object: bool =
     return OmegaConf.to_object(cfg) if to_object else cfg
 
 
-def _app_command(args, cwd: Path, env_extra=None) -> tuple[list[str], dict]:
-    # PYTHONPATH: the subprocess runs this checkout's code, whatever the venv points at.
+# ------------------------------------------------------------------------- subprocesses
+
+def app_env(extra=None) -> dict:
+    """The environment of every subprocess: this checkout's code (jobs of a sweep run outside
+    it, where an installed copy could win), the CPU, unbuffered output."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path,
-           **(env_extra or {})}
-    return [sys.executable, "-m", "dqn_jax", f"paths.root={cwd}", *args], env
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path,
+            **(extra or {})}
+
+
+def app_command(args, cwd: Path, module: str = "dqn_jax") -> list[str]:
+    root = [f"paths.root={cwd}"] if module == "dqn_jax" else []
+    return [sys.executable, "-m", module, *root, *args]
 
 
 def run_app(args, cwd: Path, timeout: float = 600, env_extra=None) -> subprocess.CompletedProcess:
     """``python -m dqn_jax ARGS`` in a subprocess, everything written under ``cwd``."""
-    command, env = _app_command(args, cwd, env_extra)
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(app_command(args, cwd), cwd=cwd, env=app_env(env_extra), capture_output=True,
+                          text=True, timeout=timeout)
 
 
-def start_app(args, cwd: Path) -> subprocess.Popen:
-    """``python -m dqn_jax ARGS`` started in the background; its output goes to
-    ``cwd/stdout.txt`` and ``cwd/stderr.txt`` (a pipe nobody reads would fill and stall it)."""
-    command, env = _app_command(args, cwd)
+def run_module(module: str, args, cwd: Path, timeout: float = 300, env_extra=None) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` (dqn_jax.compare, dqn_jax.analyze, ...) in a subprocess."""
+    return subprocess.run(app_command(args, cwd, module), cwd=cwd, env=app_env(env_extra),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_app(args, cwd: Path, env_extra=None, pipe: bool = False) -> subprocess.Popen:
+    """``python -m dqn_jax ARGS`` started in the background. Its output goes to pipes
+    (``pipe``: read them with ``communicate``) or to ``cwd/stdout.txt`` and
+    ``cwd/stderr.txt`` (a pipe nobody reads would fill and stall it)."""
+    command, env = app_command(args, cwd), app_env(env_extra)
+    if pipe:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
     with open(cwd / "stdout.txt", "w") as out, open(cwd / "stderr.txt", "w") as err:
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err)
 
 
+def tail(result) -> str:
+    """The end of a finished subprocess's output, for an assertion's message."""
+    return (result.stdout or "")[-3000:] + (result.stderr or "")[-3000:]
+
+
+def wait_for(condition, what: str, timeout: float = 300, process: subprocess.Popen | None = None) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` or if ``process`` ends first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process is None or process.poll() is None, f"the process ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def checkpoint_steps(folder: Path) -> list[int]:
+    """The complete checkpoints in ``folder`` (a save in progress is ``<n>.orbax-checkpoint-tmp``)."""
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+# ------------------------------------------------------------------------------ MLflow
+
+def client_for(root_or_uri) -> MlflowClient:
+    """A client of the embedded store under a project root, or of a tracking URI."""
+    uri = str(root_or_uri)
+    return MlflowClient(uri if "://" in uri else f"sqlite:///{uri}/mlruns.db")
+
+
+def runs_of(client: MlflowClient, experiment: str = BREAKOUT) -> tuple[list, list]:
+    """(training runs, test runs) of an experiment outside a sweep, each oldest first (a
+    test run is a child of the training run it tested)."""
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"the experiment {experiment} was not created"
+    runs = sorted(client.search_runs([exp.experiment_id]), key=lambda r: r.info.start_time)
+    train = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    test = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return train, test
+
+
+def sweep_runs(client: MlflowClient, experiment: str = CARTPOLE):
+    """(the one parent run of a sweep, its children by job number)."""
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, "the experiment was not created"
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("dqn_jax.sweep") == "true"]
+    assert len(parents) == 1, [r.info.run_name for r in runs]
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, sorted(children, key=lambda r: int(r.data.tags["dqn_jax.job_num"]))
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> set[tuple[int, float]]:
+    """A metric's history as (step, value) pairs: MLflow may keep one of two equal values
+    logged at the same step and millisecond, so counts of rows are not compared."""
+    return {(m.step, m.value) for m in client.get_metric_history(run_id, key)}
+
+
+# ------------------------------------------------------------------ servers and ports
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    """True when ``url`` answers HTTP 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def background_process(command, log_path: Path, what: str, *, ready, stop_timeout: float, env=None):
+    """Start ``command`` in its own process group, wait until ``ready()``, stop it after."""
+    log = open(log_path, "w")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{what} did not come up: {log_path.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=stop_timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+class MlflowServer:
+    """``mlflow server`` on localhost, a fixed port, an SQLite store and proxied artifacts;
+    it can be stopped (killed at once, as in a crash) and started again."""
+
+    def __init__(self, store: Path):
+        self.store, self.port = store, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = None
+        store.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> MlflowServer:
+        command = [str(Path(sys.executable).with_name("mlflow")), "server",
+                   "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}",
+                   "--artifacts-destination", str(self.store / "artifacts"),
+                   "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        log = open(self.store / "server.log", "a")  # noqa: SIM115 - the server's for its life
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        wait_for(lambda: answers(f"{self.url}/health"), "mlflow server", timeout=120, process=self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+
 @pytest.fixture
-def tiny():
-    return list(TINY)
+def mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path / "server").start()
+    yield server
+    server.stop()

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
+import time
 
 import imageio.v2 as imageio
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from dqn_jax import analyze, pictures, tracking
 from dqn_jax.saved_run import SavedRun
-from tests.conftest import ROOT, TINY, run_app
+from tests.conftest import TINY, client_for, run_app, run_module, tail
 
 PANELS, COLUMNS, EPISODES, VIDEO_STEPS = 6, 4, 2, 40
 # Reading an MP4 back starts ffmpeg (fork then exec at once); JAX warns about any fork.
@@ -28,7 +25,7 @@ def analysed(tmp_path_factory):
     """A tiny tracked training run (800 states, 6 learning cycles), then the command on it."""
     root = tmp_path_factory.mktemp("analyze")
     result = run_app([*TINY, "steps=800", "name=pics"], cwd=root)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, tail(result)
     run_dir = root / "runs" / "breakout" / "pics"
     status = analyze.main([str(run_dir), f"states={PANELS}", f"columns={COLUMNS}", "memory=200",
                            f"episodes={EPISODES}", f"video_steps={VIDEO_STEPS}", "gif=true"])
@@ -44,9 +41,8 @@ def gray(path) -> np.ndarray:
 def test_every_picture_exists_has_its_size_and_is_not_blank(analysed):
     _, run_dir, _ = analysed
     out = run_dir / "analysis"
-    rows = -(-PANELS // COLUMNS)
-    grid = (round(COLUMNS * pictures.PANEL_SIZE[0] * 100),
-            round((rows * pictures.PANEL_SIZE[1] + pictures.TITLE_HEIGHT) * 100))
+    # 6 states in 4 columns: 2 rows of 360 x 340 pixel panels under a 50-pixel title
+    grid = (4 * 360, 2 * 340 + 50)
     expected = {
         "training-curves.png": (1500, 1000),
         "states-largest-error.png": grid,
@@ -66,7 +62,7 @@ def _slot(image: np.ndarray, index: int) -> np.ndarray:
     """The grid cell of panel ``index`` between the figure's margins and under its title."""
     height, width = image.shape
     rows = -(-PANELS // COLUMNS)
-    top, bottom = pictures.TITLE_HEIGHT * 100, height - 0.02 * height
+    top, bottom = 50, height - 0.02 * height
     left, right = 0.02 * width, 0.98 * width
     r, c = divmod(index, COLUMNS)
     y0, y1 = top + (bottom - top) * r / rows, top + (bottom - top) * (r + 1) / rows
@@ -117,7 +113,7 @@ def test_video_frame_count_equals_the_steps_played(analysed):
 
 def test_every_file_is_an_artifact_of_the_training_run(analysed):
     root, run_dir, summary = analysed
-    client = MlflowClient(f"sqlite:///{root}/mlruns.db")
+    client = client_for(root)
     run_id = tracking.read_run_id(run_dir)
     assert summary["mlflow_run_id"] == run_id
     run = client.get_run(run_id)
@@ -152,9 +148,7 @@ def test_run_id_finds_the_run_directory(analysed):
 
 
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "dqn_jax.analyze", str(tmp_path / "nowhere")],
-                            capture_output=True, text=True, env=env, timeout=120)
+    result = run_module("dqn_jax.analyze", [str(tmp_path / "nowhere")], cwd=tmp_path, timeout=120)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "there is no run directory" in result.stderr
@@ -179,14 +173,14 @@ def test_an_mlp_run_gets_its_curves_and_weight_maps(tmp_path):
                       "network.dense=[16]", "memory.batch_size=32", "schedule.max_epochs.start=1",
                       "schedule.max_epochs.end=1", "test_episodes_after_training=0", "progress=false",
                       "name=mlp"], cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, tail(result)
     run_dir = tmp_path / "runs" / "cartpole" / "mlp"
     assert analyze.main([str(run_dir), "memory=64"]) == 0
     out = run_dir / "analysis"
     assert sorted(p.name for p in out.iterdir()) == ["dense-weights.png", "summary.json",
                                                      "training-curves.png"]
     assert Image.open(out / "dense-weights.png").size == (2 * 400, 460)  # 4x16 and 16x2
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    client = client_for(tmp_path)
     logged = {a.path for a in client.list_artifacts(tracking.read_run_id(run_dir), "analysis")}
     assert logged == {f"analysis/{p.name}" for p in out.iterdir()}
 
@@ -196,13 +190,16 @@ def test_the_training_loop_hook_draws_at_most_every_interval_and_logs_to_the_run
     run_id = tracking.read_run_id(run_dir)
     tracker = tracking.MlflowTracker(f"sqlite:///{root}/mlruns.db", run_id)
     try:
+        assert pictures.log_training_curves(tracker, run_dir) is not None  # drawn now
+        tracker.flush()  # sent before the file goes
         (run_dir / "analysis" / "training-curves.png").unlink()
         assert pictures.log_training_curves(tracker, run_dir, every_seconds=3600) is None  # too soon
         assert not (run_dir / "analysis" / "training-curves.png").exists()
-        path = pictures.log_training_curves(tracker, run_dir)
+        time.sleep(1.1)
+        path = pictures.log_training_curves(tracker, run_dir, every_seconds=1.0)  # due: drawn
     finally:
         tracker.finish("FINISHED")
     assert path == run_dir / "analysis" / "training-curves.png" and path.is_file()
     assert tracker.failures == 0
-    client = MlflowClient(f"sqlite:///{root}/mlruns.db")
+    client = client_for(root)
     assert "analysis/training-curves.png" in {a.path for a in client.list_artifacts(run_id, "analysis")}

@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import csv
 import re
+import signal
+import time
 
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
+from PIL import Image
 
-from tests.conftest import TINY, group_options, run_app
+from tests.conftest import (
+    TINY,
+    checkpoint_steps,
+    client_for,
+    history,
+    run_app,
+    runs_of,
+    start_app,
+    tail,
+    wait_for,
+)
 
 
-def client_for(root) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlruns.db")
-
-
-def only_run(client, experiment="dqn_jax/breakout", parent_filter="train"):
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None, "the experiment was not created"
-    runs = client.search_runs([exp.experiment_id])
-    train_runs = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    test_runs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return (train_runs if parent_filter == "train" else test_runs)
+def new_test_run(client, since_ms: int):
+    """The one test run started after ``since_ms`` (other tests test the same checkpoint)."""
+    (run,) = [r for r in runs_of(client)[1] if r.info.start_time >= since_ms]
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +35,14 @@ def trained(tmp_path_factory):
     """One tiny training run on Breakout (800 states), shared by the tests below."""
     root = tmp_path_factory.mktemp("e2e")
     result = run_app([*TINY, "steps=800", "name=e2e"], cwd=root)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, tail(result)
     return root, result
 
 
 def test_training_run_is_in_mlflow_with_params_metrics_and_artifacts(trained):
     root, result = trained
     client = client_for(root)
-    (run,) = only_run(client)
+    (run,), _ = runs_of(client)
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["memory.size"] == "256"
@@ -51,27 +56,39 @@ def test_training_run_is_in_mlflow_with_params_metrics_and_artifacts(trained):
                  "cycle/states_per_second", "train/states"):
         assert name in metrics, name
     assert metrics["train/states"] >= 800
-    history = client.get_metric_history(run.info.run_id, "episode/score")
-    steps = [m.step for m in history]
-    assert steps == sorted(steps) and len(steps) >= 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "rewards.csv", "q_values.csv", "checkpoints"} <= artifacts
+    assert {"config.yaml", "rewards.csv", "q_values.csv", "checkpoints", "analysis"} <= artifacts
     with open(root / "runs/breakout/e2e/rewards.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(history)
+    assert rows  # every episode is in MLflow, at its state count, as in the CSV log
+    assert history(client, run.info.run_id, "episode/score") == {(int(r["states"]), float(r["reward"])) for r in rows}
+    assert history(client, run.info.run_id, "episode/count") == {(int(r["states"]), float(r["episode"])) for r in rows}
     assert "training stopped (budget)" in result.stdout
+
+
+def test_a_training_run_logs_its_training_curves(trained):
+    """The picture drawn at the end of every run (and every 5 minutes during it), as an
+    artifact of the run: a figure of several panels, not an empty canvas."""
+    root, _ = trained
+    client = client_for(root)
+    (run,), _ = runs_of(client)
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "analysis")} == {"analysis/training-curves.png"}
+    picture = Image.open(client.download_artifacts(run.info.run_id, "analysis/training-curves.png",
+                                                   str(root / "downloaded"))).convert("L")
+    pixels = np.asarray(picture)
+    assert min(picture.size) > 300 and (pixels < 128).mean() > 0.01  # lines and text drawn
 
 
 def test_rerun_resumes_counters_from_the_checkpoint(trained):
     root, _ = trained
     client = client_for(root)
-    (before,) = only_run(client)
+    (before,), _ = runs_of(client)
     states_before = before.data.metrics["train/states"]
     episodes_before = before.data.metrics["train/episodes"]
     result = run_app([*TINY, "steps=1200", "name=e2e"], cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(rf"resuming from .*: {int(states_before)} states", result.stdout)
-    (after,) = only_run(client)
+    (after,), _ = runs_of(client)
     assert after.info.run_id == before.info.run_id  # the same MLflow run continues
     assert after.data.metrics["train/states"] >= 1200
     assert after.data.metrics["train/episodes"] >= episodes_before
@@ -81,14 +98,15 @@ def test_rerun_resumes_counters_from_the_checkpoint(trained):
 
 def test_test_mode_reports_the_tutorials_statistics(trained):
     root, _ = trained
+    since = int(time.time() * 1000)
     result = run_app([*TINY, "mode=test", "episodes=2", "name=e2e", "progress=true"], cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     printed = dict(re.findall(r"^  (\w+) +([-\d.]+)$", result.stdout, re.M))
     client = client_for(root)
-    (train_run,) = only_run(client)
-    tests = only_run(client, parent_filter="test")
-    assert tests and tests[-1].data.tags["mlflow.parentRunId"] == train_run.info.run_id
-    metrics = tests[-1].data.metrics
+    (train_run,), _ = runs_of(client)
+    test_run = new_test_run(client, since)
+    assert test_run.data.tags["mlflow.parentRunId"] == train_run.info.run_id
+    metrics = test_run.data.metrics
     assert metrics["test/episodes"] == 2 and float(printed["episodes"]) == 2
     for name in ("min_score", "mean_score", "max_score", "std_score"):
         assert float(printed[name]) == pytest.approx(metrics[f"test/{name}"], abs=1e-3), name
@@ -97,42 +115,15 @@ def test_test_mode_reports_the_tutorials_statistics(trained):
     assert len(finals) == 2 and np.mean(finals) == pytest.approx(metrics["test/mean_score"])
 
 
-@pytest.mark.parametrize("recipe", group_options("experiment"))
-def test_every_experiment_recipe_runs(tmp_path, recipe):
-    # No test episodes: an untrained Breakout agent that never presses FIRE plays each one
-    # to the frame limit (the test after training has tests of its own).
-    overrides = [f"experiment={recipe}", *TINY, "steps=120", "logger=none", "test_episodes_after_training=0"]
-    if recipe == "seed_sweep":
-        overrides.append("hydra.sweeper.params.seed='0,1'")
-    result = run_app(overrides, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert list(tmp_path.rglob("checkpoints/*")), "no checkpoint was written"
-
-
 @pytest.mark.parametrize("algorithm", [
     [], ["algorithm=dqn", "algorithm.warmup=100", "algorithm.report_every=200", "memory.batch_size=8"]],
     ids=["hvass", "dqn"])
 def test_ctrl_c_saves_a_checkpoint_and_ends_with_one_line(tmp_path, algorithm):
     """SIGINT once training has checkpointed: status 130, one line, no traceback, a KILLED
     MLflow run and complete checkpoints that the same command resumes from."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from tests.conftest import ROOT
-
-    args = [sys.executable, "-m", "dqn_jax", f"paths.root={tmp_path}", *TINY, *algorithm, "steps=1000000",
-            "name=ctrlc"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = start_app([*TINY, *algorithm, "steps=1000000", "name=ctrlc"], cwd=tmp_path, pipe=True)
     checkpoints = tmp_path / "runs" / "breakout" / "ctrlc" / "checkpoints"
-    deadline = time.monotonic() + 300
-    while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
-        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.2)
+    wait_for(lambda: checkpoint_steps(checkpoints), "a checkpoint", process=process)
     time.sleep(0.5)  # somewhere in playing, learning or saving
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
@@ -140,9 +131,9 @@ def test_ctrl_c_saves_a_checkpoint_and_ends_with_one_line(tmp_path, algorithm):
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("dqn_jax: interrupted")
     assert "training stopped (interrupt)" in stdout
-    steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    steps = checkpoint_steps(checkpoints)
     assert steps and not [p for p in checkpoints.iterdir() if not p.name.isdigit()]  # no half-written one
-    (run,) = only_run(client_for(tmp_path))
+    (run,), _ = runs_of(client_for(tmp_path))
     assert run.info.status == "KILLED"
     assert int(run.data.metrics["train/states"]) == steps[-1]  # the last state played is saved
     resumed = run_app([*TINY, *algorithm, f"steps={steps[-1] + 60}", "name=ctrlc", "logger=none"], cwd=tmp_path)
@@ -154,11 +145,12 @@ def test_test_mode_video_has_a_frame_per_step_and_is_logged_to_the_test_run(trai
     import imageio.v2 as imageio
 
     root, _ = trained
+    since = int(time.time() * 1000)
     result = run_app([*TINY, "mode=test", "episodes=1", "env.num_envs=1", "name=e2e", "video=true",
                       "video_gif=true"], cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     client = client_for(root)
-    test_run = sorted(only_run(client, parent_filter="test"), key=lambda r: r.info.start_time)[-1]
+    test_run = new_test_run(client, since)
     steps = int(test_run.data.metrics["test/states"])  # one game: a state per step
     video = root / "runs/breakout/e2e/test-video-1.mp4"
     reader = imageio.get_reader(video)

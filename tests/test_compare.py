@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
 
 from dqn_jax.compare import Child, group_children, main, score_table, table_markdown
-from tests.conftest import ROOT, TINY, run_app
+from tests.conftest import CART, CARTPOLE, app_env, client_for, run_app, run_module, tail
 
-CART = [*TINY, "env=cartpole", "network=mlp", "network.dense=[16]", "steps=200"]
-# the code of this checkout, also in subprocesses that run outside it
-ENV = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+CART = [*CART, "steps=200"]
 
 
 def compare_cli(*args, cwd: Path, script: str | None = None) -> subprocess.CompletedProcess:
-    command = [script] if script else [sys.executable, "-m", "dqn_jax.compare"]
-    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **ENV})
+    if script is None:
+        return run_module("dqn_jax.compare", args, cwd=cwd)
+    return subprocess.run([script, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=app_env())
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +27,10 @@ def sweep(tmp_path_factory):
     """A finished 2 x 2 sweep: two learning rates, two seeds each."""
     root = tmp_path_factory.mktemp("sweep")
     result = run_app([*CART, "hydra.mode=MULTIRUN", "schedule.learning_rate.start=1e-3,3e-4",
-                      "seed=0,1"], cwd=root, env_extra=ENV)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{root}/mlruns.db")
-    (parent,) = client.search_runs([client.get_experiment_by_name("dqn_jax/CartPole-v1").experiment_id],
+                      "seed=0,1"], cwd=root)
+    assert result.returncode == 0, tail(result)
+    client = client_for(root)
+    (parent,) = client.search_runs([client.get_experiment_by_name(CARTPOLE).experiment_id],
                                    filter_string="tags.`dqn_jax.sweep` = 'true'")
     return root, client, parent
 
@@ -154,10 +150,10 @@ def test_compare_closes_a_sweep_whose_launcher_was_killed(tmp_path):
     """A process holding a sweep's parent and child runs is killed with SIGKILL: compare
     closes both KILLED (tag dqn_jax.closed_reason), then compares as usual."""
     process = subprocess.Popen([sys.executable, "-c", KILLED_SWEEP, str(tmp_path)], stdout=subprocess.PIPE,
-                               text=True, env={**os.environ, **ENV})
+                               text=True, env=app_env())
     try:
         parent_id = process.stdout.readline().strip()
-        client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+        client = client_for(tmp_path)
         done = compare_cli("--sweep-id", "killed", "--root", str(tmp_path), "--out", str(tmp_path / "out"),
                            cwd=tmp_path)
         assert done.returncode == 0 and client.get_run(parent_id).info.status == "RUNNING"  # alive: left

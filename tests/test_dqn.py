@@ -150,21 +150,37 @@ def test_the_target_network_is_copied_every_c_steps_and_held_in_between():
 
 
 def test_one_update_is_the_reference_gradient_step():
-    """The loss the update reports is the reference Huber loss of its own batch."""
+    """The parameters after one update are those of optax's RMSProp (the recipe's settings,
+    the learning rate passed in) applied to jax.grad of a reference loss written here: the
+    Double DQN target from the target network, the Huber loss of the action taken."""
+    import optax
+
     state, update = tiny_update(copy_every=100, double=True)
     memory = circular_memory(steps=6, games=2, rows=8)
     memory = memory.replace(states=memory.states.astype(jnp.float32))
-    key = jax.random.PRNGKey(3)
+    key, learning_rate = jax.random.PRNGKey(3), 3e-3
     _, pick = jax.random.split(key)
     batch = jax.device_get(dqn.sample_transitions(pick, memory, 8))
     apply = update.network.apply
-    q, q_next_t = np.asarray(apply(state.params, batch.states)), np.asarray(apply(state.target_params,
-                                                                                batch.next_states))
-    q_next_o = np.asarray(apply(state.params, batch.next_states))
-    targets = reference_targets(batch.rewards, batch.terminal, q_next_t, q_next_o, 0.9, True)
-    expected = np.mean([reference_huber(q[i, a] - targets[i], 1.0) for i, a in enumerate(batch.actions)])
-    _, stats, _ = update(state, dqn.Stats.zeros(), memory, key, jnp.float32(1e-3))
-    assert float(stats.loss) == pytest.approx(expected, rel=1e-5)
+    params, target_params = jax.device_get(state.params), jax.device_get(state.target_params)
+    targets = reference_targets(batch.rewards, batch.terminal, np.asarray(apply(target_params, batch.next_states)),
+                                np.asarray(apply(params, batch.next_states)), 0.9, True)
+
+    def reference_loss(p):
+        q = apply(p, batch.states)[np.arange(8), batch.actions]
+        error = jnp.abs(q - targets)
+        return jnp.mean(jnp.where(error <= 1.0, 0.5 * error**2, error - 0.5))
+
+    grads = jax.grad(reference_loss)(params)
+    rmsprop = optax.rmsprop(learning_rate, decay=0.95, eps=0.01, initial_scale=0.0, eps_in_sqrt=True,
+                            centered=True)
+    steps, _ = rmsprop.update(grads, rmsprop.init(params), params)
+    expected = optax.apply_updates(params, steps)
+    state, stats, _ = update(state, dqn.Stats.zeros(), memory, key, jnp.float32(learning_rate))
+    assert float(stats.loss) == pytest.approx(float(reference_loss(params)), rel=1e-5)
+    for got, want, before in zip(leaves(state.params), leaves(expected), leaves(params), strict=True):
+        assert not np.allclose(want, before)  # every parameter moves in one step
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
 # ------------------------------------------------------------------------ end to end

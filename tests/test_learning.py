@@ -17,30 +17,15 @@ from __future__ import annotations
 import time
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_app, start_app
+from tests.conftest import BREAKOUT, CARTPOLE, client_for, run_app, runs_of, start_app, tail
 
 CARTPOLE_TARGET = 475.0  # CartPole-v1 ends an episode at 500 steps
 
 
-def _client(root) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlruns.db")
-
-
 def _runs(root, experiment: str):
     """(training runs, test runs) of an experiment in the store under ``root``."""
-    client = _client(root)
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None, f"the experiment {experiment} was not created"
-    runs = client.search_runs([exp.experiment_id])
-    train = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    test = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return train, test
-
-
-def _tail(result) -> str:
-    return result.stdout[-3000:] + result.stderr[-3000:]
+    return runs_of(client_for(root), experiment)
 
 
 CARTPOLE_RECIPES = ["experiment=cartpole", "experiment=cartpole_dqn", "experiment=cartpole_dqn algorithm=double_dqn"]
@@ -68,7 +53,7 @@ def test_cartpole_learns_to_balance(cartpole_runs, recipe):
     root, returncode, wall = cartpole_runs[recipe]
     tail = (root / "stdout.txt").read_text()[-3000:] + (root / "stderr.txt").read_text()[-3000:]
     assert returncode == 0, tail
-    (run,), _ = _runs(root, "dqn_jax/CartPole-v1")
+    (run,), _ = _runs(root, CARTPOLE)
     metrics = run.data.metrics
     print(f"\n{recipe}: {metrics['train/states']:.0f} states, {wall:.0f} s (beside the others), test over "
           f"{metrics['test/episodes']:.0f} episodes: mean {metrics['test/mean_score']:.1f}, "
@@ -87,18 +72,18 @@ def test_breakout_on_a_cpu_beats_random_play(tmp_path):
     start = time.perf_counter()
     trained = run_app(["experiment=breakout_cpu_check"], cwd=tmp_path, timeout=1800)
     wall = time.perf_counter() - start
-    assert trained.returncode == 0, _tail(trained)
+    assert trained.returncode == 0, tail(trained)
     randomly = run_app(["experiment=breakout_cpu_check", "mode=test", "schedule.epsilon_test=1.0",
                         "episodes=30"], cwd=tmp_path, timeout=600)
-    assert randomly.returncode == 0, _tail(randomly)
-    (run,), (random_run,) = _runs(tmp_path, "dqn_jax/breakout")
+    assert randomly.returncode == 0, tail(randomly)
+    (run,), (random_run,) = _runs(tmp_path, BREAKOUT)
     agent, chance = run.data.metrics, random_run.data.metrics
     assert agent["test/episodes"] == chance["test/episodes"] == 30
     bar = max(2 * chance["test/mean_score"], chance["test/mean_score"] + 3 * chance["test/std_score"])
     print(f"\nbreakout: {agent['train/states']:.0f} states, {wall:.0f} s; test mean "
           f"{agent['test/mean_score']:.2f} (std {agent['test/std_score']:.2f}) against random "
           f"{chance['test/mean_score']:.2f} (std {chance['test/std_score']:.2f}); bar {bar:.2f}")
-    assert agent["test/mean_score"] >= bar, _tail(trained)
+    assert agent["test/mean_score"] >= bar, tail(trained)
 
 
 def test_every_kept_checkpoint_gets_a_test_score(tmp_path):
@@ -110,20 +95,20 @@ def test_every_kept_checkpoint_gets_a_test_score(tmp_path):
         "name=curve", "checkpoint.keep=5",
     ]
     trained = run_app([*tiny_cartpole, "steps=1000"], cwd=tmp_path)
-    assert trained.returncode == 0, _tail(trained)
+    assert trained.returncode == 0, tail(trained)
     checkpoints = tmp_path / "runs/cartpole/curve/checkpoints"
     kept = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
     assert len(kept) == 5, kept  # more cycles than kept: the oldest were deleted
 
     tested = run_app([*tiny_cartpole, "mode=test", "test_checkpoints=all", "episodes=2"],
                      cwd=tmp_path)
-    assert tested.returncode == 0, _tail(tested)
-    (train_run,), test_runs = _runs(tmp_path, "dqn_jax/CartPole-v1")
+    assert tested.returncode == 0, tail(tested)
+    (train_run,), test_runs = _runs(tmp_path, CARTPOLE)
     (test_run,) = test_runs
     assert test_run.data.tags["mlflow.parentRunId"] == train_run.info.run_id
-    history = _client(tmp_path).get_metric_history(test_run.info.run_id, "test/mean_score")
+    history = client_for(tmp_path).get_metric_history(test_run.info.run_id, "test/mean_score")
     assert sorted(m.step for m in history) == kept
-    episodes = _client(tmp_path).get_metric_history(test_run.info.run_id, "test/episodes")
+    episodes = client_for(tmp_path).get_metric_history(test_run.info.run_id, "test/episodes")
     assert [m.value for m in episodes] == [2.0] * len(kept)
     for name in ("test/min_score", "test/max_score", "test/std_score"):
-        assert len(_client(tmp_path).get_metric_history(test_run.info.run_id, name)) == len(kept)
+        assert len(client_for(tmp_path).get_metric_history(test_run.info.run_id, name)) == len(kept)

@@ -6,36 +6,23 @@ Real training subprocesses on tiny settings, real Orbax checkpoints, a real MLfl
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from dqn_jax.app import Parts
 from dqn_jax.checkpoints import Checkpointer
 from dqn_jax.envs import make_games
 from dqn_jax.faults import FAILURE_TAG, all_finite
-from tests.conftest import ROOT, TINY, compose_config, run_app
-
-
-def client_for(root) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlruns.db")
+from tests.conftest import TINY, app_command, app_env, client_for, compose_config, run_app, runs_of
+from tests.conftest import checkpoint_steps as steps_of
 
 
 def training_runs(root) -> list:
-    client = client_for(root)
-    experiment = client.get_experiment_by_name("dqn_jax/breakout")
-    runs = client.search_runs([experiment.experiment_id]) if experiment else []
-    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-
-
-def steps_of(checkpoints: Path) -> list[int]:
-    return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) if checkpoints.is_dir() else []
+    return runs_of(client_for(root))[0]
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -93,9 +80,8 @@ def test_a_diverging_dqn_run_stops_failed_naming_its_learning_rate_alone(tmp_pat
 
 
 def _launch(root: Path, args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "dqn_jax", f"paths.root={root}", *args], cwd=root,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(app_command(args, root), cwd=root, env=app_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 def _kill_at(process: subprocess.Popen, checkpoints: Path, moment: str) -> None:
@@ -112,11 +98,21 @@ def _kill_at(process: subprocess.Popen, checkpoints: Path, moment: str) -> None:
     process.wait()
 
 
+def _cut_saves(checkpoints: Path) -> list[str]:
+    """What a save cut short leaves: ``<states>.orbax-checkpoint-tmp...``."""
+    return [p.name for p in checkpoints.iterdir() if "tmp" in p.name] if checkpoints.is_dir() else []
+
+
 def test_kill_9_at_any_moment_then_resume_logs_every_episode_once(tmp_path):
     args = [*TINY, "steps=1600", "name=crash"]
     run_dir = tmp_path / "runs" / "breakout" / "crash"
     checkpoints = run_dir / "checkpoints"
-    for moment in ("saving", "saved", "playing"):
+    for _ in range(5):  # the kill must land inside a save: try again if the save won the race
+        _kill_at(_launch(tmp_path, args), checkpoints, "saving")
+        if _cut_saves(checkpoints):
+            break
+    assert _cut_saves(checkpoints), "no kill -9 landed inside a checkpoint save in 5 tries"
+    for moment in ("saved", "playing"):
         _kill_at(_launch(tmp_path, args), checkpoints, moment)
     newest = steps_of(checkpoints)[-1]
     for path in (checkpoints / str(newest) / "state").rglob("*"):

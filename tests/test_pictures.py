@@ -74,7 +74,7 @@ def test_q_panel_orders_the_bars_by_q_value_and_marks_the_chosen_action(played):
     q = np.asarray(network.apply(params, states[-1:]))[0]
     chosen = int(np.argmin(q))
     panel = display.q_panel(420, q, chosen, names, step=7)
-    assert panel.shape == (420, display.PANEL_WIDTH, 3)
+    assert panel.shape == (420, 240, 3)
     lengths, green = _bar_lengths(panel, len(names))
     assert np.argmax(lengths) == np.argmax(q) and np.argmin(lengths) == np.argmin(q)
     assert green == [i == chosen for i in range(len(names))]
@@ -98,10 +98,10 @@ def test_video_sink_writes_the_first_n_episodes_one_file_each(played, tmp_path):
     for name, frames in (("test-video-1", 7), ("test-video-2", 5)):
         reader = imageio.get_reader(tmp_path / f"{name}.mp4")
         assert reader.count_frames() == frames
-        assert reader.get_data(0).shape == (420, 640 + display.PANEL_WIDTH, 3)
+        assert reader.get_data(0).shape == (420, 640 + 240, 3)
         reader.close()
         with Image.open(tmp_path / f"{name}.gif") as gif:
-            assert gif.n_frames == frames and gif.size == ((640 + display.PANEL_WIDTH) // 2, 210)
+            assert gif.n_frames == frames and gif.size == ((640 + 240) // 2, 210)
 
 
 def test_open_sink_keeps_test_modes_plain_calls(played, tmp_path):

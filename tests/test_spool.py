@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,49 +21,18 @@ from mlflow.tracking import MlflowClient
 
 from dqn_jax import spool
 from dqn_jax.sender import RETRY_SECONDS
-from tests.conftest import ROOT, TINY
-from tests.test_sweeps import _free_port, _healthy
+from tests.conftest import (
+    CART,
+    app_env,
+    client_for,
+    free_port,
+    history,
+    runs_of,
+    start_app,
+    wait_for,
+)
 
-CART = [*TINY, "env=cartpole", "network=mlp", "network.dense=[16]"]
 OUTAGE_SECONDS = 10  # longer than one call's retry budget (~3 s) and RETRY_SECONDS
-
-
-class Server:
-    """``mlflow server`` on a fixed port and store, which can be stopped and started again."""
-
-    def __init__(self, store: Path):
-        self.store, self.port = store, _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = None
-        store.mkdir(parents=True, exist_ok=True)
-
-    def start(self) -> None:
-        command = [str(Path(sys.executable).with_name("mlflow")), "server",
-                   "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}",
-                   "--artifacts-destination", str(self.store / "artifacts"),
-                   "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-        log = open(self.store / "server.log", "a")  # noqa: SIM115 - the server's for its life
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-        deadline = time.monotonic() + 120
-        while not _healthy(self.url):
-            assert self.process.poll() is None and time.monotonic() < deadline, \
-                (self.store / "server.log").read_text()[-2000:]
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)  # gone at once, as in a crash
-            self.process.wait()
-        self.process = None
-
-
-@pytest.fixture
-def server(tmp_path):
-    server = Server(tmp_path / "server")
-    server.start()
-    yield server
-    server.stop()
 
 
 def _rows(path: Path) -> list[dict]:
@@ -71,22 +40,15 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _wait_for(condition, what: str, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 @pytest.mark.slow
-def test_outages_lose_no_metric(tmp_path, server):
+def test_outages_lose_no_metric(tmp_path, mlflow_server):
     """Outage 1 ends during the run: everything is sent when the server is back. Outage 2
     lasts past the end: the run still ends within seconds, keeps what is unsent (its
     status too) in the run directory, and the import command sends it. Nothing is lost.
     About 2 minutes on 2 busy cores (three server starts)."""
     run_dir = tmp_path / "runs" / "cartpole" / "default"
     output = tmp_path / "output.txt"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
+    server, env = mlflow_server, app_env()
     with open(output, "w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "dqn_jax", f"paths.root={tmp_path}", *CART, "steps=100000000",
@@ -94,14 +56,14 @@ def test_outages_lose_no_metric(tmp_path, server):
             cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         rewards = run_dir / "rewards.csv"
-        _wait_for(lambda: rewards.exists() and len(_rows(rewards)) >= 20, "episodes")
+        wait_for(lambda: rewards.exists() and len(_rows(rewards)) >= 20, "episodes")
         server.stop()
         went = time.monotonic()
         before = len(_rows(rewards))
         time.sleep(OUTAGE_SECONDS)
         assert process.poll() is None and len(_rows(rewards)) > before + 20  # training went on
         server.start()
-        _wait_for(lambda: "is back after" in output.read_text(), "the sender to see the server back",
+        wait_for(lambda: "is back after" in output.read_text(), "the sender to see the server back",
                   timeout=RETRY_SECONDS * 6)
         outage = time.monotonic() - went
         time.sleep(2)
@@ -155,7 +117,7 @@ def test_outages_lose_no_metric(tmp_path, server):
 # ---------------------------------------------------------------------------- fast: no server
 
 def _dead_url() -> str:
-    return f"http://127.0.0.1:{_free_port()}"  # nothing listens there: connection refused
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
 
 
 def test_a_run_ending_while_the_store_is_away_keeps_everything_for_the_import(tmp_path, caplog):
@@ -177,7 +139,7 @@ def test_a_run_ending_while_the_store_is_away_keeps_everything_for_the_import(tm
         for step in range(1, 1501):
             tracker.log_metrics({"episode/score": step % 7, "episode/count": step}, step=step * 4)
             if step == 100:  # the sender notices the outage (the first try costs one retry budget)
-                _wait_for(lambda: tracker.sender.down_since is not None, "the outage", timeout=30)
+                wait_for(lambda: tracker.sender.down_since is not None, "the outage", timeout=30)
             if step == 700:
                 started = time.monotonic()
                 tracker.flush()  # a checkpoint during the outage: kept in the file, no wait
@@ -202,7 +164,7 @@ def test_a_run_ending_while_the_store_is_away_keeps_everything_for_the_import(tm
 
     # the store is still away: the import keeps the file and says so in one line
     again = subprocess.run([sys.executable, "-m", "dqn_jax.tracking", "import", str(run_dir)],
-                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                           capture_output=True, text=True, env=app_env())
     assert again.returncode == 1 and "is still away (connection refused)" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1 and unsent.exists()
 
@@ -277,8 +239,33 @@ def test_persist_keeps_what_is_queued_on_disk_until_the_sender_has_sent_it(tmp_p
     assert files and [op[2] for op in spool.read(files[0])[1]][:50] == [float(s) for s in range(1, 51)]
     copy = tmp_path / "copy.jsonl"
     copy.write_text(files[0].read_text())  # what a crash right after the send would leave
-    _wait_for(lambda: not spool.unsent_files(run_dir), "the sender to send and remove the file", 60)
+    wait_for(lambda: not spool.unsent_files(run_dir), "the sender to send and remove the file", 60)
     tracker.finish("FINISHED")
     spool.import_file(copy)  # a resume sending the file again
     history = client.get_metric_history(run_id, "episode/count")
     assert sorted((m.step, m.value) for m in history) == [(s * 2, float(s)) for s in range(1, 51)]
+
+
+def test_a_store_locked_for_seconds_mid_run_loses_no_metric(tmp_path):
+    """Another process holds the embedded SQLite store in an exclusive transaction for 6 s
+    (a long query, a backup) while a run logs every 0.2 s: the run goes on, and every
+    episode of its CSV log is in MLflow at the end, at its state count."""
+    process = start_app([*CART, "steps=6000", "logger.flush_seconds=0.2", "name=locked"], cwd=tmp_path)
+    rewards = tmp_path / "runs" / "cartpole" / "locked" / "rewards.csv"
+    wait_for(lambda: rewards.exists() and len(_rows(rewards)) >= 10, "episodes", process=process)
+    with sqlite3.connect(tmp_path / "mlruns.db", timeout=30, isolation_level=None) as db:
+        db.execute("BEGIN EXCLUSIVE")
+        before = len(_rows(rewards))
+        time.sleep(6)
+        during = len(_rows(rewards))
+        db.execute("COMMIT")
+    assert during > before, "training waited for the store"
+    assert process.wait(timeout=300) == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    output = (tmp_path / "stdout.txt").read_text() + (tmp_path / "stderr.txt").read_text()
+    assert "logging calls failed" not in output and "Traceback" not in output, output[-3000:]
+    client = client_for(tmp_path)
+    (run,), _ = runs_of(client, "dqn_jax/CartPole-v1")
+    rows = _rows(rewards)
+    assert run.info.status == "FINISHED" and len(rows) > during
+    assert history(client, run.info.run_id, "episode/score") == {(int(r["states"]), float(r["reward"])) for r in rows}
+    assert history(client, run.info.run_id, "episode/count") == {(int(r["states"]), float(r["episode"])) for r in rows}

@@ -6,56 +6,41 @@ game, and CartPole's episodes are short enough to give rewards in 200 states).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import CONF, ROOT, TINY
-from tests.conftest import run_app as _run_app
+from tests.conftest import (
+    CART,
+    CONF,
+    background_process,
+    checkpoint_steps,
+    client_for,
+    free_port,
+    run_app,
+    start_app,
+    sweep_runs,
+    tail,
+    wait_for,
+)
 
 MULTIRUN = "hydra.mode=MULTIRUN"
-CART = [*TINY, "env=cartpole", "network=mlp", "network.dense=[16]", "steps=200"]
+CART = [*CART, "steps=200"]
 EXPERIMENT = "dqn_jax/CartPole-v1"
 
 
-def run_app(args, cwd: Path, env_extra=None) -> subprocess.CompletedProcess:
-    """The app of this checkout (the jobs run outside it, where an installed copy could win)."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    return _run_app(args, cwd=cwd, env_extra={"PYTHONPATH": path, **(env_extra or {})})
-
-
-def client_for(root: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlruns.db")
-
-
-def sweep_runs(client: MlflowClient, experiment: str = EXPERIMENT):
-    """(the one parent run, its children by job number)."""
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None, "the experiment was not created"
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("dqn_jax.sweep") == "true"]
-    assert len(parents) == 1, [r.info.run_name for r in runs]
-    parent = parents[0]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    return parent, sorted(children, key=lambda r: int(r.data.tags["dqn_jax.job_num"]))
-
-
-def assert_ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
+def assert_ok(result) -> None:
+    assert result.returncode == 0, tail(result)
 
 
 def test_launcher_and_search_configs_compose():
@@ -211,16 +196,10 @@ def test_ctrl_c_ends_a_sweep_with_its_runs_killed_and_its_relaunch_resumes(tmp_p
     job, every run closed KILLED. The basic launcher's job stops at its next safe point;
     the launching process of other launchers only waits, so it stops at once. The same
     command again runs every job: the interrupted one from its checkpoint, in its run."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     sweep_dir = tmp_path / "sweep"
     sweep = [*CART, MULTIRUN, f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}", "seed=0,1,2"]
-    args = [sys.executable, "-m", "dqn_jax", f"paths.root={tmp_path}", *sweep, "steps=10000000"]
-    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": path, "JAX_PLATFORMS": "cpu"})
-    deadline = time.monotonic() + 300
-    while not _saved_checkpoints(sweep_dir):
-        assert process.poll() is None and time.monotonic() < deadline, "no job checkpointed"
-        time.sleep(0.2)
+    process = start_app([*sweep, "steps=10000000"], cwd=tmp_path, pipe=True)
+    wait_for(lambda: _saved_checkpoints(sweep_dir), "a job's checkpoint", process=process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]
@@ -234,7 +213,7 @@ def test_ctrl_c_ends_a_sweep_with_its_runs_killed_and_its_relaunch_resumes(tmp_p
 
     # The budget it resumes with is spent already: the interrupted job only closes its run.
     job_dir = max(_saved_checkpoints(sweep_dir), key=lambda p: int(p.name)).parent.parent
-    newest = max(int(p.name) for p in (job_dir / "checkpoints").iterdir() if p.name.isdigit())
+    newest = checkpoint_steps(job_dir / "checkpoints")[-1]
     killed_run = (job_dir / "mlflow_run_id").read_text().strip()
     assert (sweep_dir / ".interrupted").exists()  # what the launch left: no job may start after a Ctrl-C
     again = run_app([*sweep, "steps=1"], cwd=tmp_path)
@@ -264,7 +243,7 @@ def test_ctrl_c_ends_a_sweep_with_its_runs_killed_and_its_relaunch_resumes(tmp_p
 def ray_cluster():
     """``ray start --head`` on this machine, as a cluster started beforehand; stopped after."""
     temp = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # Ray's socket paths must stay short
-    port = _free_port()
+    port = free_port()
     command = [str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
                "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
                f"--temp-dir={temp / 'ray'}", "--block"]
@@ -290,64 +269,8 @@ def test_jobs_through_an_existing_ray_cluster(tmp_path, ray_cluster):
     assert all(r.info.status == "FINISHED" for r in children)
 
 
-# ---------------------------------------------------------------------------- a tracking server
-
-@contextlib.contextmanager
-def background_process(command, log_path: Path, what: str, *, ready, stop_timeout: float, env=None):
-    """Start ``command`` in its own process group, wait until ``ready()``, stop it after."""
-    log = open(log_path, "w")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                               start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not ready():
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"{what} did not come up: {log_path.read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield process
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=stop_timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-            return answer.status == 200
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """``mlflow server`` on localhost with an SQLite store and proxied artifacts; stopped after."""
-    port = _free_port()
-    store = tmp_path / "server"
-    store.mkdir()
-    command = [str(Path(sys.executable).with_name("mlflow")), "server",
-               "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-               "--artifacts-destination", str(store / "artifacts"),
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    url = f"http://127.0.0.1:{port}"
-    with background_process(command, store / "server.log", "mlflow server", stop_timeout=20, env=env,
-                            ready=lambda: _healthy(url)):
-        yield url, store
-
-
 def test_a_sweep_sent_to_a_tracking_server_arrives_complete(tmp_path, mlflow_server):
-    url, store = mlflow_server
+    url, store = mlflow_server.url, mlflow_server.store
     project = tmp_path / "project"
     project.mkdir()
     result = run_app([*CART, MULTIRUN, f"logger.tracking_uri={url}", "seed=0,1"], cwd=project)
@@ -370,16 +293,10 @@ def test_a_sweep_sent_to_a_tracking_server_arrives_complete(tmp_path, mlflow_ser
 def test_a_killed_launch_is_closed_killed_by_its_relaunch(tmp_path):
     """kill -9 of the launching process leaves its parent and its running job RUNNING;
     the next launch in the same hydra.sweep.dir closes them KILLED, saying why."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     sweep_dir = tmp_path / "sweep"
-    args = [sys.executable, "-m", "dqn_jax", f"paths.root={tmp_path}", *CART, "steps=10000000", MULTIRUN,
-            f"hydra.sweep.dir={sweep_dir}", "seed=0,1"]
-    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "PYTHONPATH": path, "JAX_PLATFORMS": "cpu"})
-    deadline = time.monotonic() + 300
-    while not (sweep_dir / "0" / "mlflow_run_id").exists():
-        assert process.poll() is None and time.monotonic() < deadline, "job 0 opened no run"
-        time.sleep(0.2)
+    process = start_app([*CART, "steps=10000000", MULTIRUN, f"hydra.sweep.dir={sweep_dir}", "seed=0,1"],
+                        cwd=tmp_path)
+    wait_for(lambda: (sweep_dir / "0" / "mlflow_run_id").exists(), "job 0's run", process=process)
     process.kill()  # SIGKILL: no callback, no atexit, nothing closes the runs
     process.wait()
     client = client_for(tmp_path)
@@ -434,7 +351,7 @@ def test_four_parallel_jobs_lose_no_metric(tmp_path, store, request):
     store or to a real mlflow server: every episode arrives, no "database is locked"."""
     extra, client = [], client_for(tmp_path)
     if store == "server":
-        url, _ = request.getfixturevalue("mlflow_server")
+        url = request.getfixturevalue("mlflow_server").url
         extra, client = [f"logger.tracking_uri={url}"], MlflowClient(url)
     sweep_dir = tmp_path / "sweep"
     result = run_app([*CART, "steps=3000", "logger.flush_seconds=0.05", *extra, MULTIRUN,
@@ -453,7 +370,7 @@ def test_four_parallel_jobs_lose_no_metric(tmp_path, store, request):
 
 
 def test_a_sweep_with_an_unreachable_store_stops_before_any_job(tmp_path):
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     result = run_app([*CART, MULTIRUN, f"logger.tracking_uri={url}", "seed=0,1"], cwd=tmp_path)
     seconds = time.monotonic() - started
