@@ -110,7 +110,13 @@ def _is_multirun() -> bool:
         return False
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+# An absolute path: Hydra reads a relative one against the calling module when the app is
+# not run as ``python -m`` (the dqn-jax console script, a test calling main()), where
+# ``conf`` is no package to import.
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def app(cfg: DictConfig):
     _release_stderr()
     stop_request = None
