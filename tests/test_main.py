@@ -31,7 +31,10 @@ IDS = [" ".join(a) for a, _ in BAD_INPUT]
 
 
 def run_in_process(args, root: Path, capsys, monkeypatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["dqn_jax", f"paths.root={root}", *args])
+    # Hydra's logging set-up (logging.config.dictConfig) would close pytest's own log
+    # handlers in this process: none here (the real commands keep it).
+    quiet = [] if args == ["--help"] else ["hydra/job_logging=none", "hydra/hydra_logging=none"]
+    monkeypatch.setattr(sys, "argv", ["dqn_jax", f"paths.root={root}", *args, *quiet])
     monkeypatch.chdir(root)
     with pytest.raises(SystemExit) as stop:
         main()
