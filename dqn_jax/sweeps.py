@@ -101,7 +101,12 @@ class SweepParentCallback(Callback):
         """
         in_process = str(config.hydra.launcher.get("_target_", "")).endswith("BasicLauncher")
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        grace = float(config.get("stop_grace_seconds") or interrupts.DEFAULT_GRACE_SECONDS)
+        if interrupts.active() is not None:  # the command's own: its timer is this grace too
+            interrupts.active().grace = grace
         previous = {signum: signal.getsignal(signum) for signum in interrupts.STOP_SIGNALS}
+        if str(config.hydra.launcher.get("_target_", "")).endswith("RayLauncher"):
+            _start_ray(config)  # now: its handler (exit at once) is then replaced by ours below
 
         def on_signal(signum, frame):
             first = not self._interrupted
@@ -114,8 +119,6 @@ class SweepParentCallback(Callback):
                 with contextlib.suppress(KeyboardInterrupt):
                     previous[signum](signum, frame)  # records the signal: the exit status is 128 + it
             if first:
-                request = interrupts.active()
-                grace = request.grace if request is not None and request.grace else interrupts.DEFAULT_GRACE_SECONDS
                 sweep_jobs.stop_running_jobs(sweep_dir, signum, grace)
             raise KeyboardInterrupt
 
@@ -299,6 +302,16 @@ class SweepParentCallback(Callback):
         if parent_id:
             status = f"{'KILLED' if stopped else 'FAILED'}: {_error_line(error)}" if failed else "COMPLETED"
             client.set_tag(parent_id, f"{JOB_TAG}{config.hydra.job.num}", _cut(status))
+
+
+def _start_ray(config: DictConfig) -> None:
+    """Start Ray as the Ray launcher would (its own function and settings), before the stop
+    signals are watched: ray.init replaces SIGTERM's handler with one that exits at once."""
+    from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
+
+    init = OmegaConf.to_container(config.hydra.launcher.ray.init, resolve=True)
+    init.setdefault("object_store_memory", 78643200)  # the launcher's default (hydra-ray-launcher 1.2.2)
+    start_ray(OmegaConf.create(init))
 
 
 def _check_store(config: DictConfig) -> None:

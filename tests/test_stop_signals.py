@@ -334,3 +334,16 @@ def test_a_submitit_job_over_its_time_limit_is_requeued_resumes_and_stops_on_sig
     saved = _assert_stopped_and_resumable(tmp_path, sweep_dir, jobs=1)
     assert saved["0"][0] == run.info.run_id and saved["0"][1] > resumed_at
     _relaunch_resumes_each(tmp_path, sweep_dir, launcher, saved)
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_ray_local_sweep_saves_every_running_job_and_the_relaunch_resumes_each(tmp_path):
+    """The jobs run in Ray's worker processes on this machine (starting Ray is most of the
+    time: about 2 minutes in all)."""
+    sweep_dir = tmp_path / "sweep"
+    launcher = ["hydra/launcher=ray_local", "hydra.launcher.ray.init.num_cpus=2", "hydra.launcher.ray.remote.num_cpus=1"]
+    status, stderr = _stop_a_sweep(tmp_path, sweep_dir, launcher, jobs=2)
+    assert status == 143, stderr[-3000:]
+    assert "dqn_jax: stopped by SIGTERM" in stderr
+    saved = _assert_stopped_and_resumable(tmp_path, sweep_dir, jobs=2)
+    _relaunch_resumes_each(tmp_path, sweep_dir, launcher, saved)
