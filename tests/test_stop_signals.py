@@ -286,7 +286,10 @@ def _relaunch_resumes_each(tmp_path: Path, sweep_dir: Path, launcher: list[str],
         assert run.data.tags["dqn_jax.resumed_at_states"] == str(states)
 
 
-@pytest.mark.parametrize("launcher, jobs", [pytest.param("basic", 1, marks=pytest.mark.slow), ("local_parallel", 2)])
+# Both slow (about 30 and 70 s): the suite's budget. In `make test`, tests/test_sweeps.py's Ctrl-C
+# sweep test goes through the same path (the launching process sends the signal on to the jobs).
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher, jobs", [("basic", 1), ("local_parallel", 2)])
 def test_sigterm_to_a_sweep_saves_every_running_job_and_the_relaunch_resumes_each(tmp_path, launcher, jobs):
     """SIGTERM to the launching process only (as `timeout` or Kubernetes send it). The basic
     launcher's job runs in that process; for joblib's workers it sends the signal on to the
