@@ -99,7 +99,9 @@ def test_rerun_resumes_counters_from_the_checkpoint(trained):
 def test_test_mode_reports_the_tutorials_statistics(trained):
     root, _ = trained
     since = int(time.time() * 1000)
-    result = run_app([*TINY, "mode=test", "episodes=2", "name=e2e", "progress=true"], cwd=root)
+    # epsilon 1: random play ends each game by losing its lives, within a few hundred steps
+    result = run_app([*TINY, "mode=test", "episodes=2", "name=e2e", "progress=true", "schedule.epsilon_test=1.0"],
+                     cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     printed = dict(re.findall(r"^  (\w+) +([-\d.]+)$", result.stdout, re.M))
     client = client_for(root)
@@ -146,8 +148,10 @@ def test_test_mode_video_has_a_frame_per_step_and_is_logged_to_the_test_run(trai
 
     root, _ = trained
     since = int(time.time() * 1000)
+    # Random play (epsilon 1) presses FIRE and loses its lives in a few hundred steps, where the
+    # untrained greedy agent may never launch the ball and play to the frame limit (27,000 steps).
     result = run_app([*TINY, "mode=test", "episodes=1", "env.num_envs=1", "name=e2e", "video=true",
-                      "video_gif=true"], cwd=root)
+                      "video_gif=true", "schedule.epsilon_test=1.0", "env.max_episode_frames=8000"], cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     client = client_for(root)
     test_run = new_test_run(client, since)

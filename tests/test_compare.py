@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +14,16 @@ import numpy as np
 import pytest
 
 from dqn_jax.compare import Child, group_children, main, score_table, table_markdown
-from tests.conftest import CART, CARTPOLE, app_env, client_for, run_app, run_module, tail
+from tests.conftest import (
+    CART,
+    CARTPOLE,
+    app_env,
+    client_for,
+    run_app,
+    run_module,
+    sweep_runs,
+    tail,
+)
 
 CART = [*CART, "steps=200"]
 
@@ -24,15 +36,51 @@ def compare_cli(*args, cwd: Path, script: str | None = None) -> subprocess.Compl
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """A finished 2 x 2 sweep: two learning rates, two seeds each."""
+    """A finished 2 x 2 sweep on local_parallel: two learning rates, two seeds each (the
+    launch itself is checked by the first test; the others compare it)."""
     root = tmp_path_factory.mktemp("sweep")
-    result = run_app([*CART, "hydra.mode=MULTIRUN", "schedule.learning_rate.start=1e-3,3e-4",
-                      "seed=0,1"], cwd=root)
+    result = run_app([*CART, "hydra.mode=MULTIRUN", "hydra/launcher=local_parallel",
+                      "schedule.learning_rate.start=1e-3,3e-4", "seed=0,1"], cwd=root)
     assert result.returncode == 0, tail(result)
     client = client_for(root)
     (parent,) = client.search_runs([client.get_experiment_by_name(CARTPOLE).experiment_id],
                                    filter_string="tags.`dqn_jax.sweep` = 'true'")
     return root, client, parent
+
+
+def test_grid_on_local_parallel_gives_one_parent_and_a_tagged_child_per_job(sweep, tmp_path):
+    """Read before the tests below log their own comparisons to the parent."""
+    root, client, _ = sweep
+    parent, children = sweep_runs(client)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["dqn_jax.launcher"].endswith("JoblibLauncher")
+    assert parent.data.tags["dqn_jax.jobs_total"] == "4" and parent.data.tags["dqn_jax.jobs_failed"] == "0"
+    sweep_id = parent.data.tags["dqn_jax.sweep_id"]
+    assert (root / "runs" / "multirun" / sweep_id).is_dir()
+    assert "schedule.learning_rate.start=1e-3,3e-4" in json.loads(parent.data.params["sweep.overrides"])
+    available = len(os.sched_getaffinity(0))
+    grid = [("0.001", "0"), ("0.001", "1"), ("0.0003", "0"), ("0.0003", "1")]
+    assert [r.data.tags["dqn_jax.job_num"] for r in children] == ["0", "1", "2", "3"]
+    for run, (rate, seed) in zip(children, grid, strict=True):
+        tags, params = run.data.tags, run.data.params
+        assert run.info.status == "FINISHED"
+        assert params["schedule.learning_rate.start"] == rate and params["seed"] == seed
+        assert tags["dqn_jax.overrides"] == f"schedule.learning_rate.start={rate} seed={seed}"
+        assert tags["dqn_jax.sweep_id"] == sweep_id
+        assert run.data.metrics["train/states"] >= 200 and "episode/mean30" in run.data.metrics
+        # each loky worker pinned to its half of the cores, XLA told to share the GPU
+        assert 1 <= len(tags["dqn_jax.cpus"].split(",")) <= max(1, -(-available // 2))
+        assert tags["dqn_jax.xla_preallocate"] == "false"
+        assert tags["dqn_jax.xla_mem_fraction"] == "0.450"
+    if available >= 2:  # two workers, two slots
+        assert len({r.data.tags["dqn_jax.cpus"] for r in children}) == 2
+    # the parent holds the comparison: a configuration per learning rate, its two seeds
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
+    assert logged == {"compare/rewards.png", "compare/scores.csv", "compare/scores.md"}
+    table = (Path(client.download_artifacts(parent.info.run_id, "compare/scores.csv", str(tmp_path)))).read_text()
+    rows = {row["configuration"]: row for row in csv.DictReader(io.StringIO(table))}
+    assert set(rows) == {"schedule.learning_rate.start=0.001", "schedule.learning_rate.start=0.0003"}
+    assert all(row["runs"] == "2" and row["seeds"] == "0 1" for row in rows.values())
 
 
 def test_compare_writes_the_plot_and_table_and_logs_them_to_the_parent(sweep, tmp_path):

@@ -250,11 +250,12 @@ def test_a_store_locked_for_seconds_mid_run_loses_no_metric(tmp_path):
     """Another process holds the embedded SQLite store in an exclusive transaction for 6 s
     (a long query, a backup) while a run logs every 0.2 s: the run goes on, and every
     episode of its CSV log is in MLflow at the end, at its state count."""
-    process = start_app([*CART, "steps=6000", "logger.flush_seconds=0.2", "name=locked"], cwd=tmp_path)
+    process = start_app([*CART, "steps=12000", "logger.flush_seconds=0.2", "name=locked"], cwd=tmp_path)
     rewards = tmp_path / "runs" / "cartpole" / "locked" / "rewards.csv"
     wait_for(lambda: rewards.exists() and len(_rows(rewards)) >= 10, "episodes", process=process)
     with sqlite3.connect(tmp_path / "mlruns.db", timeout=30, isolation_level=None) as db:
         db.execute("BEGIN EXCLUSIVE")
+        assert process.poll() is None  # mid-run
         before = len(_rows(rewards))
         time.sleep(6)
         during = len(_rows(rewards))
@@ -266,6 +267,6 @@ def test_a_store_locked_for_seconds_mid_run_loses_no_metric(tmp_path):
     client = client_for(tmp_path)
     (run,), _ = runs_of(client, "dqn_jax/CartPole-v1")
     rows = _rows(rewards)
-    assert run.info.status == "FINISHED" and len(rows) > during
+    assert run.info.status == "FINISHED" and len(rows) >= during
     assert history(client, run.info.run_id, "episode/score") == {(int(r["states"]), float(r["reward"])) for r in rows}
     assert history(client, run.info.run_id, "episode/count") == {(int(r["states"]), float(r["episode"])) for r in rows}

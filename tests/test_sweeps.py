@@ -7,9 +7,6 @@ game, and CartPole's episodes are short enough to give rewards in 200 states).
 from __future__ import annotations
 
 import csv
-import io
-import json
-import os
 import shutil
 import signal
 import sys
@@ -76,43 +73,6 @@ def test_launcher_and_search_configs_compose():
             assert str(sweeper.direction).endswith("maximize") and sweeper.params, recipe
             assert cfg.objective in ("test/mean_score", "train/mean30"), recipe
             assert cfg.objective != "test/mean_score" or cfg.test_episodes_after_training > 0
-
-
-def test_grid_on_local_parallel_gives_one_parent_and_a_tagged_child_per_job(tmp_path):
-    result = run_app([*CART, MULTIRUN, "hydra/launcher=local_parallel",
-                      "schedule.learning_rate.start=1e-3,3e-4", "seed=0,1"], cwd=tmp_path)
-    assert_ok(result)
-    parent, children = sweep_runs(client_for(tmp_path))
-    assert parent.info.status == "FINISHED"
-    assert parent.data.tags["dqn_jax.launcher"].endswith("JoblibLauncher")
-    assert parent.data.tags["dqn_jax.jobs_total"] == "4" and parent.data.tags["dqn_jax.jobs_failed"] == "0"
-    sweep_id = parent.data.tags["dqn_jax.sweep_id"]
-    assert (tmp_path / "runs" / "multirun" / sweep_id).is_dir()
-    assert "schedule.learning_rate.start=1e-3,3e-4" in json.loads(parent.data.params["sweep.overrides"])
-    available = len(os.sched_getaffinity(0))
-    grid = [("0.001", "0"), ("0.001", "1"), ("0.0003", "0"), ("0.0003", "1")]
-    assert [r.data.tags["dqn_jax.job_num"] for r in children] == ["0", "1", "2", "3"]
-    for run, (rate, seed) in zip(children, grid, strict=True):
-        tags, params = run.data.tags, run.data.params
-        assert run.info.status == "FINISHED"
-        assert params["schedule.learning_rate.start"] == rate and params["seed"] == seed
-        assert tags["dqn_jax.overrides"] == f"schedule.learning_rate.start={rate} seed={seed}"
-        assert tags["dqn_jax.sweep_id"] == sweep_id
-        assert run.data.metrics["train/states"] >= 200 and "episode/mean30" in run.data.metrics
-        # each loky worker pinned to its half of the cores, XLA told to share the GPU
-        assert 1 <= len(tags["dqn_jax.cpus"].split(",")) <= max(1, -(-available // 2))
-        assert tags["dqn_jax.xla_preallocate"] == "false"
-        assert tags["dqn_jax.xla_mem_fraction"] == "0.450"
-    if available >= 2:  # two workers, two slots
-        assert len({r.data.tags["dqn_jax.cpus"] for r in children}) == 2
-    # the parent holds the comparison: a configuration per learning rate, its two seeds
-    client = client_for(tmp_path)
-    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
-    assert logged == {"compare/rewards.png", "compare/scores.csv", "compare/scores.md"}
-    table = (Path(client.download_artifacts(parent.info.run_id, "compare/scores.csv", str(tmp_path)))).read_text()
-    rows = {row["configuration"]: row for row in csv.DictReader(io.StringIO(table))}
-    assert set(rows) == {"schedule.learning_rate.start=0.001", "schedule.learning_rate.start=0.0003"}
-    assert all(row["runs"] == "2" and row["seeds"] == "0 1" for row in rows.values())
 
 
 def test_a_failing_job_fails_alone_and_the_sweep_says_so(tmp_path):
