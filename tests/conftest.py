@@ -7,6 +7,7 @@ Every subprocess runs this checkout's code (``PYTHONPATH``), on the CPU, unbuffe
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import signal
 import socket
@@ -90,13 +91,23 @@ def tail(result) -> str:
     return (result.stdout or "")[-3000:] + (result.stderr or "")[-3000:]
 
 
-def wait_for(condition, what: str, timeout: float = 300, process: subprocess.Popen | None = None) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` or if ``process`` ends first."""
+def wait_for(condition, what: str, timeout: float = 300, process: subprocess.Popen | None = None,
+             every: float = 0.2) -> None:
+    """Poll ``condition`` every ``every`` s until it holds; fail after ``timeout`` or if
+    ``process`` ends first (a short ``every`` catches a moment that passes, e.g. a save)."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert process is None or process.poll() is None, f"the process ended before {what}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+        time.sleep(every)
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The rows of a CSV log (rewards.csv, q_values.csv); [] before it exists."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def checkpoint_steps(folder: Path) -> list[int]:

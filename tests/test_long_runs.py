@@ -5,7 +5,6 @@ Real training subprocesses on tiny settings, real Orbax checkpoints, a real MLfl
 
 from __future__ import annotations
 
-import csv
 import signal
 import subprocess
 import time
@@ -17,17 +16,21 @@ from dqn_jax.app import Parts
 from dqn_jax.checkpoints import Checkpointer
 from dqn_jax.envs import make_games
 from dqn_jax.faults import FAILURE_TAG, all_finite
-from tests.conftest import TINY, app_command, app_env, client_for, compose_config, run_app, runs_of
+from tests.conftest import (
+    TINY,
+    app_command,
+    app_env,
+    client_for,
+    compose_config,
+    read_csv,
+    run_app,
+    runs_of,
+)
 from tests.conftest import checkpoint_steps as steps_of
 
 
 def training_runs(root) -> list:
     return runs_of(client_for(root))[0]
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_divergence_stops_the_run_failed_and_keeps_the_last_good_checkpoint(tmp_path):

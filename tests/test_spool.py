@@ -150,7 +150,8 @@ def test_a_run_ending_while_the_store_is_away_keeps_everything_for_the_import(tm
         started = time.monotonic()
         tracker.finish("FINISHED")
         finish_seconds = time.monotonic() - started
-    assert flush_seconds < 1.0 and finish_seconds < 15, (flush_seconds, finish_seconds)
+    # a flush that waited for the store would take its retry budget (about 3 s) at least
+    assert flush_seconds < 2.0 and finish_seconds < 15, (flush_seconds, finish_seconds)
     lines = [r.getMessage() for r in caplog.records]
     assert sum("does not answer (connection refused)" in line for line in lines) == 1, lines
     (kept,) = [line for line in lines if "did not come back" in line]

@@ -7,49 +7,30 @@ the run writes.
 
 from __future__ import annotations
 
-import csv
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from dqn_jax.app import Parts
 from dqn_jax.checkpoints import Checkpointer
 from dqn_jax.envs import make_games
 from dqn_jax.interrupts import STOP_TAG
-from tests.conftest import ROOT, TINY, compose_config, run_app, start_app
-
-# Helpers that could move to conftest (tests/test_long_runs.py has copies of the first three).
-
-
-def client_for(root: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlruns.db")
-
-
-def steps_of(checkpoints: Path) -> list[int]:
-    """The complete checkpoints (a save in progress is ``<states>.orbax-checkpoint-tmp-...``)."""
-    return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) if checkpoints.is_dir() else []
-
-
-def read_csv(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 240, every: float = 0.005) -> None:
-    """Poll ``condition()`` until true; fail if the process ends or time runs out first."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, f"the process ended before {what}"
-        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
-        time.sleep(every)
+from tests.conftest import (
+    CART,
+    TINY,
+    app_command,
+    app_env,
+    client_for,
+    compose_config,
+    read_csv,
+    run_app,
+    start_app,
+    wait_for,
+)
+from tests.conftest import checkpoint_steps as steps_of
 
 
 def finish(process: subprocess.Popen, cwd: Path, timeout: float = 120) -> tuple[int, str]:
@@ -92,14 +73,14 @@ def _stop_at(tmp_path: Path, moment: str, signum: int, extra=()) -> tuple[int, s
     known, swept = steps_of(checkpoints), len(read_csv(q_rows))
     process = start_app([*TINY, "steps=100000", "name=stop", *extra], tmp_path)
     if moment == "playing":  # a cycle saved: the next is playing
-        wait_for(lambda: steps_of(checkpoints) != known, process, "checkpoint")
+        wait_for(lambda: steps_of(checkpoints) != known, "checkpoint", process=process, every=0.005)
         time.sleep(0.3)
     elif moment == "optimising":  # a sweep logged, its 400 epochs begun
-        wait_for(lambda: len(read_csv(q_rows)) > swept, process, "sweep")
+        wait_for(lambda: len(read_csv(q_rows)) > swept, "sweep", process=process, every=0.005)
         time.sleep(0.5)
     else:  # a save begun (a temporary directory beside the checkpoints)
         wait_for(lambda: checkpoints.is_dir() and any("tmp" in p.name for p in checkpoints.iterdir()),
-                 process, "save")
+                 "save", process=process, every=0.005)
     process.send_signal(signum)
     return finish(process, tmp_path)
 
@@ -162,9 +143,13 @@ def test_a_second_ctrl_c_while_saving_ends_at_once_with_the_checkpoint_intact(tm
     run_dir = tmp_path / "runs" / "breakout" / "twice"
     checkpoints = run_dir / "checkpoints"
     process = start_app([*TINY, "steps=100000", "name=twice"], tmp_path)
-    wait_for(lambda: checkpoints.is_dir() and any("tmp" in p.name for p in checkpoints.iterdir()), process, "save")
+    wait_for(lambda: checkpoints.is_dir() and any("tmp" in p.name for p in checkpoints.iterdir()), "save",
+             process=process, every=0.005)
     process.send_signal(signal.SIGINT)
-    time.sleep(0.002)
+    # The second only once the first was handled: CPython runs a signal's handler once for
+    # however many arrive before the main thread gets back to Python code (here, in a save).
+    wait_for(lambda: "stopping at the next safe point" in (tmp_path / "stderr.txt").read_text(), "the first stop",
+             process=process, every=0.001)
     process.send_signal(signal.SIGINT)
     status, stderr = finish(process, tmp_path)
     assert status == 130
@@ -190,7 +175,7 @@ def trained(tmp_path_factory) -> Path:
 def test_ctrl_c_in_test_mode_ends_with_one_line_and_status_130(trained):
     test_dir = trained / "runs" / "breakout" / "t" / "test"
     process = start_app([*TINY, "mode=test", "name=t", "episodes=1000"], trained)
-    wait_for(lambda: (test_dir / "mlflow_run_id").exists(), process, "test run", every=0.05)
+    wait_for(lambda: (test_dir / "mlflow_run_id").exists(), "test run", process=process, every=0.05)
     time.sleep(1.0)
     process.send_signal(signal.SIGINT)
     status, stderr = finish(process, trained)
@@ -201,15 +186,14 @@ def test_ctrl_c_in_test_mode_ends_with_one_line_and_status_130(trained):
 
 
 def test_sigterm_ends_analyze_cleanly(trained):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
     out = trained / "analyze.txt"
     curves = trained / "runs" / "breakout" / "t" / "analysis" / "training-curves.png"
     curves.unlink(missing_ok=True)  # the training run drew it too: wait for analyze's own
     with open(out, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "dqn_jax.analyze", str(trained / "runs" / "breakout" / "t"),
-                                    f"tracking_uri=sqlite:///{trained}/mlruns.db", "episodes=5"],
-                                   cwd=trained, env=env, stdout=subprocess.DEVNULL, stderr=log)
-    wait_for(curves.exists, process, "first picture", every=0.05)  # into the analysis
+        command = app_command([str(trained / "runs" / "breakout" / "t"), f"tracking_uri=sqlite:///{trained}/mlruns.db",
+                               "episodes=5"], trained, module="dqn_jax.analyze")
+        process = subprocess.Popen(command, cwd=trained, env=app_env(), stdout=subprocess.DEVNULL, stderr=log)
+    wait_for(curves.exists, "first picture", process=process, every=0.05)  # into the analysis
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=120)
     stderr = out.read_text()
@@ -219,11 +203,10 @@ def test_sigterm_ends_analyze_cleanly(trained):
 
 # ---------------------------------------------------------------------------- sweeps
 
-CART = [*TINY, "env=cartpole", "network=mlp", "network.dense=[16]"]  # (tests/test_sweeps.py's CART)
 EXPERIMENT = "dqn_jax/CartPole-v1"
 
 
-def sweep_runs(root: Path, sweep_dir: Path) -> tuple:
+def parent_and_jobs(root: Path, sweep_dir: Path) -> tuple:
     """(the sweep's parent run, its children by seed) as the store holds them now."""
     client = client_for(root)
     parent = client.get_run((sweep_dir / "mlflow_run_id").read_text().strip())
@@ -247,15 +230,15 @@ def _stop_a_sweep(tmp_path: Path, sweep_dir: Path, launcher: list[str], jobs: in
     make_store(tmp_path)
     process = start_app([*CART, "steps=10000000", "hydra.mode=MULTIRUN", f"hydra.sweep.dir={sweep_dir}",
                          *launcher, f"seed={seeds}"], tmp_path)
-    wait_for(lambda: sum(bool(s) for s in job_checkpoints(sweep_dir).values()) == jobs, process,
-             "a checkpoint in every job", every=0.2)
+    wait_for(lambda: sum(bool(s) for s in job_checkpoints(sweep_dir).values()) == jobs,
+             "a checkpoint in every job", process=process)
     process.send_signal(signal.SIGTERM)
     return finish(process, tmp_path, timeout=180)
 
 
 def _assert_stopped_and_resumable(tmp_path: Path, sweep_dir: Path, jobs: int) -> dict:
     """Every job saved and KILLED by the signal itself; the parent KILLED; {seed: (run id, states)}."""
-    parent, children = sweep_runs(tmp_path, sweep_dir)
+    parent, children = parent_and_jobs(tmp_path, sweep_dir)
     assert parent.info.status == "KILLED"
     assert sorted(children) == [str(s) for s in range(jobs)]
     saved = {}
@@ -278,7 +261,7 @@ def _relaunch_resumes_each(tmp_path: Path, sweep_dir: Path, launcher: list[str],
     again = run_app([*CART, "steps=1", "hydra.mode=MULTIRUN", f"hydra.sweep.dir={sweep_dir}", *launcher,
                      f"seed={','.join(saved)}"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    parent, children = sweep_runs(tmp_path, sweep_dir)
+    parent, children = parent_and_jobs(tmp_path, sweep_dir)
     assert parent.info.status == "FINISHED"
     for seed, (run_id, states) in saved.items():  # the same run, from its checkpoint
         run = children[seed]
@@ -320,7 +303,7 @@ def test_a_submitit_job_over_its_time_limit_is_requeued_resumes_and_stops_on_sig
         return run_file.exists() and "dqn_jax.resumed_at_states" in client.get_run(
             run_file.read_text().strip()).data.tags
 
-    wait_for(requeued, process, "a requeued job resuming", timeout=240, every=0.5)
+    wait_for(requeued, "a requeued job resuming", process=process, timeout=240, every=0.5)
     run = client.get_run((job_dir / "mlflow_run_id").read_text().strip())
     resumed_at = int(run.data.tags["dqn_jax.resumed_at_states"])
     assert run.data.tags[STOP_TAG] == "SIGUSR2"  # the first attempt was stopped by the time limit
