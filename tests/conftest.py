@@ -115,6 +115,24 @@ def checkpoint_steps(folder: Path) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
 
 
+def restore_newest(root: Path, checkpoints: Path, overrides=()) -> tuple:
+    """(train state, counters as ints) of the newest checkpoint of a ``TINY`` run under
+    ``root``, restored whole into the network its config builds."""
+    from dqn_jax.app import Parts  # JAX and the games load only for the tests that restore
+    from dqn_jax.checkpoints import Checkpointer
+    from dqn_jax.envs import make_games
+
+    cfg = compose_config([*TINY, *overrides], root)
+    games = make_games(cfg.env, 2, 0)
+    try:
+        parts = Parts(cfg, games, 0)
+    finally:
+        games.close()
+    with Checkpointer(checkpoints) as checkpointer:
+        train_state, _, counters = checkpointer.restore(parts.train_state)
+    return train_state, {k: int(v) for k, v in counters.items()}
+
+
 # ------------------------------------------------------------------------------ MLflow
 
 def client_for(root_or_uri) -> MlflowClient:

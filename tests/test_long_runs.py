@@ -12,17 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from dqn_jax.app import Parts
-from dqn_jax.checkpoints import Checkpointer
-from dqn_jax.envs import make_games
 from dqn_jax.faults import FAILURE_TAG, all_finite
 from tests.conftest import (
     TINY,
     app_command,
     app_env,
     client_for,
-    compose_config,
     read_csv,
+    restore_newest,
     run_app,
     runs_of,
 )
@@ -46,14 +43,7 @@ def test_divergence_stops_the_run_failed_and_keeps_the_last_good_checkpoint(tmp_
     line = result.stderr.strip().splitlines()[-1]
     assert "learning rate 1e+30" in line and "loss limit 0.1" in line and "try a smaller" in line
     assert steps_of(checkpoints) == before  # no checkpoint after the last good one
-    cfg = compose_config(TINY, tmp_path)
-    games = make_games(cfg.env, 2, 0)
-    try:
-        parts = Parts(cfg, games, 0)
-    finally:
-        games.close()
-    with Checkpointer(checkpoints) as checkpointer:
-        train_state, _, counters = checkpointer.restore(parts.train_state)
+    train_state, counters = restore_newest(tmp_path, checkpoints)
     assert counters["states"] == before[-1] and all_finite(train_state.params)
     assert line.startswith(f"dqn_jax: error: training diverged in learning cycle {counters['cycles'] + 1} at ")
     (run,) = training_runs(tmp_path)

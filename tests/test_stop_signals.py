@@ -14,9 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from dqn_jax.app import Parts
-from dqn_jax.checkpoints import Checkpointer
-from dqn_jax.envs import make_games
 from dqn_jax.interrupts import STOP_TAG
 from tests.conftest import (
     CART,
@@ -24,8 +21,8 @@ from tests.conftest import (
     app_command,
     app_env,
     client_for,
-    compose_config,
     read_csv,
+    restore_newest,
     run_app,
     start_app,
     wait_for,
@@ -41,15 +38,7 @@ def finish(process: subprocess.Popen, cwd: Path, timeout: float = 120) -> tuple[
 
 def restore(root: Path, checkpoints: Path, overrides=()) -> dict:
     """The newest checkpoint's counters (it must restore whole)."""
-    cfg = compose_config([*TINY, *overrides], root)
-    games = make_games(cfg.env, 2, 0)
-    try:
-        parts = Parts(cfg, games, 0)
-    finally:
-        games.close()
-    with Checkpointer(checkpoints) as checkpointer:
-        _, _, counters = checkpointer.restore(parts.train_state)
-    return {k: int(v) for k, v in counters.items()}
+    return restore_newest(root, checkpoints, overrides)[1]
 
 
 def the_run(root: Path, run_dir: Path):
