@@ -59,7 +59,7 @@ def test_a_slurm_job_script_holds_the_settings_and_its_job_runs(tmp_path):
     lines = (standin / "job.sh").read_text().splitlines()
     flags = {line.split()[1] for line in lines if line.startswith("#SBATCH ")}
     assert {"--partition=debug", "--gpus-per-node=2", "--cpus-per-task=3", "--mem=5GB", "--time=7",
-            "--nodes=1", "--ntasks-per-node=1"} <= flags, flags
+            "--nodes=1", "--ntasks-per-node=1", "--job-name=dqn_jax", "--requeue", "--signal=USR2@120"} <= flags, flags
     assert any(flag.startswith("--output=") and str(sweep_dir / ".submitit") in flag for flag in flags)
     (command,) = [shlex.split(line) for line in lines if line.startswith("srun ")]
     folder = command[-1]
