@@ -33,7 +33,6 @@ register_configs()
 
 USAGE_ERROR = 2
 RUN_FAILED = 1  # the run started and failed (training diverged)
-INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT); SIGTERM: 143
 
 
 class _HeldStderr(io.TextIOBase):
