@@ -13,7 +13,7 @@ GPU    ?= $(shell nvidia-smi >/dev/null 2>&1 && echo 1 || echo 0)
 comma  := ,
 EXTRAS := dev,sweeps$(if $(filter 1,$(GPU)),$(comma)cuda)
 
-.PHONY: install run test test-slow test-gpu gpu-check ui bench lint clean print-extras FORCE
+.PHONY: install run test test-slow test-gpu gpu-check ui bench bench-peers lint clean print-extras FORCE
 
 $(STAMP): pyproject.toml $(VENV)/.extras
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,37 @@ ui: $(STAMP)
 ## Speed benchmarks: ratios measured side by side in one run.
 bench: $(STAMP)
 	$(BIN)/python experiments/bench.py $(ARGS)
+
+## dqn_jax's DQN against the JAX DQNs a user would pick instead (SBX, CleanRL), with the same
+## work on Breakout: one table of states/s and ratios (docs/benchmarks.md, "Against the
+## peers"). Each peer gets its own pinned virtual environment in .venv-peers/<name>, made
+## the first time. make bench-peers ARGS=--quick: a few minutes.
+PEERS := .venv-peers
+PEER_PINS_sbx := sbx-rl==0.28.0 stable-baselines3==2.9.2 tfp-nightly==0.26.0.dev20261027 \
+	jax==0.10.2 jaxlib==0.10.2 flax==0.12.8 optax==0.2.8 numpy==2.4.6 torch==2.13.0 \
+	gymnasium==1.4.0 ale-py==0.12.1 opencv-python-headless==5.0.0.93
+# CleanRL 1.2.0's wheel asks for Python < 3.11 and JAX 0.3; its dqn_atari_jax.py runs as
+# published on these pins (experiments/peers/cleanrl_run.py), so it goes in without its
+# dependencies. Gymnasium 0.29 (with ale-py 0.9, which ships the ROMs): the script uses its API.
+PEER_PINS_cleanrl := jax==0.10.2 jaxlib==0.10.2 flax==0.12.8 optax==0.2.8 numpy==2.4.6 \
+	torch==2.13.0 stable-baselines3==2.3.2 gymnasium==0.29.1 ale-py==0.9.1 tensorboard==2.21.0 \
+	opencv-python-headless==5.0.0.93
+PEER_NODEPS_cleanrl := cleanrl==1.2.0
+
+bench-peers: $(STAMP) $(PEERS)/sbx/.installed-stamp $(PEERS)/cleanrl/.installed-stamp
+	$(BIN)/python experiments/bench_peers.py $(ARGS)
+
+# Rewritten only when a peer's pins change, so that a change reinstalls that peer.
+.PRECIOUS: $(PEERS)/%/.pins $(PEERS)/%/.installed-stamp
+$(PEERS)/%/.pins: FORCE
+	@mkdir -p $(@D)
+	@echo "$(PEER_PINS_$*) $(PEER_NODEPS_$*)" | cmp -s - $@ || echo "$(PEER_PINS_$*) $(PEER_NODEPS_$*)" > $@
+
+$(PEERS)/%/.installed-stamp: $(PEERS)/%/.pins
+	test -x $(@D)/bin/python || $(PYTHON) -m venv $(@D)
+	$(@D)/bin/python -m pip install --quiet $(PEER_PINS_$*)
+	$(if $(PEER_NODEPS_$*),$(@D)/bin/python -m pip install --quiet --no-deps --ignore-requires-python $(PEER_NODEPS_$*))
+	touch $@
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
