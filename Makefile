@@ -63,7 +63,7 @@ gpu-check: $(STAMP)
 ## STORE: the project root (paths.root) whose store to show, this folder by default.
 STORE ?= $(CURDIR)
 ui: $(STAMP)
-	$(BIN)/python -m dqn_jax.ui --root $(STORE) --port $(PORT)
+	$(BIN)/python -m dqn_jax.tracking.ui --root $(STORE) --port $(PORT)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(STORE)/mlruns.db \
 		--default-artifact-root $(STORE)/mlartifacts --host 127.0.0.1 --port $(PORT)
 
@@ -102,8 +102,10 @@ $(PEERS)/%/.installed-stamp: $(PEERS)/%/.pins
 	$(if $(PEER_NODEPS_$*),$(@D)/bin/python -m pip install --quiet --no-deps --ignore-requires-python $(PEER_NODEPS_$*))
 	touch $@
 
+## Style (ruff) and the layers (import-linter: the contract in pyproject.toml; README "Layout").
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf runs outputs multirun mlruns.db mlartifacts .pytest_cache
@@ -111,7 +113,7 @@ clean:
 ## Compare a sweep's runs (curves + table, logged to its parent): make compare ARGS="--sweep-id ID"
 .PHONY: compare
 compare: $(STAMP)
-	$(BIN)/python -m dqn_jax.compare $(ARGS)
+	$(BIN)/python -m dqn_jax.sweeps.compare $(ARGS)
 
 ## Pictures and videos of a finished run, written to <run_dir>/analysis and logged to its
 ## MLflow run: make analyze ARGS="runs/breakout/default"  or  ARGS="run_id=<id> episodes=3 gif=true"

@@ -4,7 +4,7 @@ Bad input (a misspelt key, a value of the wrong type, an unknown group option, a
 value out of range) ends with one line on stderr naming what is wrong and what is
 allowed, exit status 2, and nothing written. Ctrl-C, SIGTERM and SIGHUP end with one
 line and status 128 + the signal's number (130, 143, 129), after training has saved its
-checkpoint (:mod:`dqn_jax.interrupts`). To get that line out of Hydra's
+checkpoint (:mod:`dqn_jax.runner.interrupts`). To get that line out of Hydra's
 multi-line composition errors, stderr is held until the task starts; if Hydra
 exits before that, the held text is folded into one line.
 """
@@ -24,10 +24,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dqn_jax import config as config_module
-from dqn_jax import interrupts, sweep_jobs
 from dqn_jax.config import ConfigError, check_missing, register_configs, validate
-from dqn_jax.faults import Diverged
-from dqn_jax.interrupts import StopRequest
+from dqn_jax.runner import interrupts
+from dqn_jax.runner.faults import Diverged
+from dqn_jax.runner.interrupts import StopRequest
+from dqn_jax.sweeps import jobs as sweep_jobs
 
 register_configs()
 
@@ -144,7 +145,7 @@ def app(cfg: DictConfig):
 
 def _marked_running():
     """A sweep job in a worker process is marked running, so a stop signal to the launching
-    process reaches it (:func:`dqn_jax.sweep_jobs.stop_running_jobs`)."""
+    process reaches it (:func:`dqn_jax.sweeps.jobs.stop_running_jobs`)."""
     if not _is_multirun() or sweep_jobs.in_launching_process():
         return contextlib.nullcontext()
     hydra_cfg = HydraConfig.get()

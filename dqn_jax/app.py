@@ -9,52 +9,31 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-import jax
 import numpy as np
 import optax
 from omegaconf import OmegaConf
 
-from dqn_jax import (
-    agent,
-    display,
-    dqn,
-    hvass,
-    interrupts,
-    pictures,
-    resources,
-    resume,
-    sweeps,
-    tracking,
-)
-from dqn_jax.checkpoints import Checkpointer
+from dqn_jax import algorithms, sweeps, tracking
+from dqn_jax.algorithms import Parts, make_parts
+from dqn_jax.analyze import pictures, video
 from dqn_jax.config import ConfigError, memory_rows, num_envs
+from dqn_jax.core.acting import Player, state_spec
+from dqn_jax.core.networks import make_network
+from dqn_jax.core.schedules import SIGNAL_NAMES, ControlSignals
 from dqn_jax.envs import make_games
-from dqn_jax.faults import FAILURE_TAG, Diverged, Limits
-from dqn_jax.learner import Learner, create_train_state, describe_device, make_optimizer
-from dqn_jax.logs import TrainingLog, read_rewards
-from dqn_jax.networks import make_network
-from dqn_jax.schedules import ControlSignals
+from dqn_jax.runner import interrupts, resources, resume
+from dqn_jax.runner.checkpoints import Checkpointer
+from dqn_jax.runner.faults import FAILURE_TAG, Diverged, Limits
+from dqn_jax.runner.logs import TrainingLog, read_rewards
+from dqn_jax.runner.loop import Budget, Counters, Training, train
+from dqn_jax.runner.resources import describe_device
+from dqn_jax.runner.testing import test
 
 
 def _hydra_run_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
-
-
-class Parts:
-    """The network, optimiser and a fresh train state for the games at hand."""
-
-    def __init__(self, cfg, games, seed: int):
-        self.network = make_network(cfg.network, games.num_actions)
-        self.optimizer = make_optimizer(cfg.schedule.rmsprop_decay, cfg.schedule.rmsprop_eps,
-                                        cfg.schedule.rmsprop_initial_scale, cfg.schedule.rmsprop_centered)
-        shape, dtype = agent.state_spec(cfg.env, games.observation_shape, games.observation_dtype)
-        self.key, init_key = jax.random.split(jax.random.PRNGKey(seed))
-        self.train_state = create_train_state(self.network, init_key, np.zeros((1, *shape), dtype),
-                                              self.optimizer)
-        if cfg.algorithm.name in dqn.ALGORITHMS:
-            self.train_state = dqn.with_target(self.train_state)
 
 
 def run(cfg, run_dir: Path | None = None):
@@ -73,19 +52,19 @@ def run_train(cfg, run_dir: Path):
     status = "FAILED"
     try:
         resources.check_fits(cfg.memory, games.num_envs, _need(cfg, games))
-        parts = Parts(cfg, games, cfg.seed)
+        parts = make_parts(cfg, games, cfg.seed)
+        algorithm = algorithms.build(cfg, parts, games)
         print(f"training on {describe_device()}", flush=True)
         _say_memory_rounding(cfg.memory, games.num_envs)
         checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep)
-        train_state, key, counters = _resume(cfg, run_dir, parts, checkpointer)
+        state, key, counters = _resume(cfg, run_dir, algorithm.init(parts.train_state), parts.key, checkpointer)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-        tracker = _start_tracker(cfg, run_dir, games, counters)
+        tracker = _start_tracker(cfg, run_dir, games, counters, algorithm)
         log = TrainingLog(run_dir, tracker, read_rewards(run_dir / "rewards.csv")[-30:], console=cfg.progress)
-        cycle = build_cycle(cfg, games, parts, checkpointer, log)
-        train_state, key, result = agent.train(cycle, train_state=train_state, key=key, counters=counters,
-                                               seed=cfg.seed)
-        outcome = _outcome(cfg, games, parts, train_state, key, result)
+        training = build_training(cfg, games, parts, algorithm, checkpointer, log)
+        state, key, result = train(training, state=state, key=key, counters=counters, seed=cfg.seed)
+        outcome = _outcome(cfg, games, parts, algorithm.train_state(state), key, result)
         tracker.log_metrics(outcome, step=counters.states)
         status = "KILLED" if result.stopped_by == "interrupt" else "FINISHED"
         _print_summary(f"training stopped ({result.stopped_by})", {**asdict(counters), **outcome})
@@ -110,68 +89,61 @@ def _say_memory_rounding(memory_cfg, games: int) -> None:
         print(f"memory.size={memory_cfg.size} holds {held} states: a whole number of rows of {games} games")
 
 
-def _start_tracker(cfg, run_dir: Path, games, counters: agent.Counters):
-    """The run's tracker: its params on a fresh run, a tag where a resume continues it."""
+def _start_tracker(cfg, run_dir: Path, games, counters: Counters, algorithm):
+    """The run's tracker: its params on a fresh run (the control signals the algorithm does
+    not read left out), a tag where a resume continues it."""
     tracker = tracking.start_tracker(cfg, run_dir, run_name=sweeps.child_run_name(_run_name(cfg), cfg),
                                      parent_run_id=sweeps.sweep_parent_run_id(), resume=cfg.checkpoint.resume)
     if counters.states:
         tracker.set_tags({"dqn_jax.resumed_at_states": str(counters.states)})
     else:
-        tracker.log_params({**tracking.flatten_config(cfg), "derived.num_envs": games.num_envs,
-                            "derived.num_actions": games.num_actions})
+        params = {name: value for name, value in tracking.flatten_config(cfg).items()
+                  if not _unread_signal(name, algorithm)}
+        tracker.log_params({**params, "derived.num_envs": games.num_envs, "derived.num_actions": games.num_actions})
     return tracker
 
 
-def build_cycle(cfg, games, parts: Parts, checkpointer: Checkpointer, log: TrainingLog) -> agent.Cycle:
-    """The algorithm's learning cycle, built from plain values of the config."""
+def _unread_signal(param: str, algorithm) -> bool:
+    """A control signal's setting (schedule.<signal>.*) the algorithm never reads."""
+    parts = param.split(".")
+    return (len(parts) > 2 and parts[0] == "schedule" and parts[1] in SIGNAL_NAMES
+            and parts[1] not in algorithm.signal_names)
+
+
+def build_training(cfg, games, parts: Parts, algorithm, checkpointer: Checkpointer, log: TrainingLog) -> Training:
+    """What the training loop needs, from plain values of the config."""
     signals = ControlSignals.from_config(cfg.schedule)
-    player = agent.Player(parts.network, cfg.env, signals.epsilon, cfg.memory.reward_clip)
-    common = (games, player, signals, checkpointer, log, agent.Budget(cfg.steps, cfg.episodes))
-    memory = {"memory_rows": memory_rows(cfg.memory, games.num_envs), "reward_clip": cfg.memory.reward_clip,
-              "state": agent.state_spec(cfg.env, games.observation_shape, games.observation_dtype)}
-    algo = cfg.algorithm
-    if algo.name in dqn.ALGORITHMS:
-        cycle = dqn.DqnCycle(*common, update=dqn_update(cfg, parts), warmup=algo.warmup,
-                             train_every=algo.train_every, report_every=algo.report_every, **memory)
-    else:
-        learner = Learner(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
-                          error_threshold=cfg.memory.error_threshold,
-                          min_high_share=cfg.memory.min_high_error_share, loss_window=cfg.schedule.loss_window)
-        cycle = hvass.TutorialCycle(*common, learner=learner, discount=cfg.memory.discount,
-                                    target_method=cfg.memory.target_method, min_epochs=cfg.schedule.min_epochs,
-                                    **memory)
-    cycle.limits = Limits.from_config(cfg)
-    return cycle
+    player = Player(parts.network, cfg.env, signals.epsilon, cfg.memory.reward_clip)
+    return Training(algorithm, games, player, checkpointer, log, Budget(cfg.steps, cfg.episodes),
+                    cfg.memory.reward_clip, Limits.from_config(cfg), after_cycle=curves_every(log, 300))
 
 
-def dqn_update(cfg, parts: Parts) -> dqn.Update:
-    """The gradient step of ``algorithm=dqn`` or ``double_dqn``, as the config sets it."""
-    algo = cfg.algorithm
-    return dqn.Update(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
-                      discount=cfg.memory.discount, huber_delta=algo.huber_delta,
-                      double=algo.name == "double_dqn", target_copy_every=algo.target_copy_every)
+def curves_every(log: TrainingLog, seconds: float):
+    """After a cycle: the run's training curves, redrawn and logged at most every ``seconds``."""
+    return lambda: pictures.log_training_curves(log.tracker, log.run_dir, every_seconds=seconds)
 
 
 def _need(cfg, games) -> resources.Need:
     """What the replay memory and the network will take, from their shapes alone."""
-    shape, dtype = agent.state_spec(cfg.env, games.observation_shape, games.observation_dtype)
-    copies = resources.NETWORK_COPIES + (resources.TARGET_COPIES if cfg.algorithm.name in dqn.ALGORITHMS else 0)
+    shape, dtype = state_spec(cfg.env, games.observation_shape, games.observation_dtype)
+    extra = algorithms.ALGORITHMS[cfg.algorithm.name].extra_network_copies
+    copies = resources.NETWORK_COPIES + extra * resources.TARGET_COPIES
     return resources.estimate(cfg.memory, games.num_envs, shape, dtype, games.num_actions,
                               make_network(cfg.network, games.num_actions), np.zeros((1, *shape), dtype), copies)
 
 
-def _resume(cfg, run_dir: Path, parts: Parts, checkpointer: Checkpointer):
-    """(train_state, key, counters): the newest readable checkpoint's, else fresh ones.
+def _resume(cfg, run_dir: Path, fresh_state, fresh_key, checkpointer: Checkpointer):
+    """(algorithm state, key, counters): the newest readable checkpoint's, else fresh ones.
 
     Whatever was logged after that checkpoint (a crash came before the next one, or
     before the first) is dropped from the logs, so the steps played again are logged
-    once (:mod:`dqn_jax.resume`).
+    once (:mod:`dqn_jax.runner.resume`).
     """
     if not cfg.checkpoint.resume:
-        return parts.train_state, parts.key, agent.Counters()
-    restored = checkpointer.restore_newest_readable(parts.train_state)
-    train_state, key, saved = restored or (parts.train_state, parts.key, {})
-    counters = agent.Counters(**{k: int(v) for k, v in saved.items()})
+        return fresh_state, fresh_key, Counters()
+    restored = checkpointer.restore_newest_readable(fresh_state)
+    state, key, saved = restored or (fresh_state, fresh_key, {})
+    counters = Counters(**{k: int(v) for k, v in saved.items()})
     dropped = resume.cut_logs(run_dir, counters.states)
     if cfg.logger.name != "none":
         from mlflow.tracking import MlflowClient
@@ -181,7 +153,7 @@ def _resume(cfg, run_dir: Path, parts: Parts, checkpointer: Checkpointer):
     if restored is not None:
         print(f"resuming from {run_dir / 'checkpoints'}: {counters.states} states, {counters.episodes} "
               f"episodes" + (f" ({dropped} log rows written after it dropped)" if dropped else ""))
-    return train_state, key, counters
+    return state, key, counters
 
 
 def _outcome(cfg, games, parts: Parts, train_state, key, result) -> dict:
@@ -192,8 +164,8 @@ def _outcome(cfg, games, parts: Parts, train_state, key, result) -> dict:
     if result.last_loss is not None:
         outcome["train/loss"] = result.last_loss
     if cfg.test_episodes_after_training and result.stopped_by != "interrupt":
-        test_player = agent.Player(parts.network, cfg.env, optax.constant_schedule(cfg.schedule.epsilon_test))
-        stats = agent.test(games=games, player=test_player, params=train_state.params, key=key,
+        test_player = Player(parts.network, cfg.env, optax.constant_schedule(cfg.schedule.epsilon_test))
+        stats = test(games=games, player=test_player, params=train_state.params, key=key,
                            episodes=cfg.test_episodes_after_training, seed=cfg.seed, progress=cfg.progress)
         outcome.update({f"test/{k}": v for k, v in stats.items()})
     return outcome
@@ -206,12 +178,13 @@ def run_test(cfg, run_dir: Path):
         raise ConfigError(f"there is no checkpoint to test in {run_dir / 'checkpoints'}; train first "
                           f"with the same env= and name= (python -m dqn_jax env=... name={cfg.name})")
     episodes = cfg.episodes or 30
-    sink = display.open_sink(cfg, run_dir, episodes=cfg.video_episodes, gif=cfg.video_gif,
+    sink = video.open_sink(cfg, run_dir, episodes=cfg.video_episodes, gif=cfg.video_gif,
                              q_values=cfg.video_q_values, per_episode=True)  # may reject render=true
     games = make_games(cfg.env, min(num_envs(cfg.env), episodes), cfg.seed)
     if sink is not None:
         sink.action_names = games.action_names
-    parts = Parts(cfg, games, cfg.seed)
+    parts = make_parts(cfg, games, cfg.seed)
+    fresh = algorithms.build(cfg, parts, games).init(parts.train_state)
     tracker = tracking.NullTracker()
     status = "FAILED"
     try:
@@ -219,12 +192,12 @@ def run_test(cfg, run_dir: Path):
                                          parent_run_id=tracking.read_run_id(run_dir), resume=False)
         tracker.log_params({"test.episodes": episodes, "test.epsilon": cfg.schedule.epsilon_test,
                             "test.checkpoints": cfg.test_checkpoints})
-        player = agent.Player(parts.network, cfg.env, optax.constant_schedule(cfg.schedule.epsilon_test))
+        player = Player(parts.network, cfg.env, optax.constant_schedule(cfg.schedule.epsilon_test))
         chosen = steps if cfg.test_checkpoints == "all" else steps[-1:]
         stats = {}
         for step in chosen:
-            train_state, key, counters = checkpointer.restore(parts.train_state, step)
-            stats = agent.test(games=games, player=player, params=train_state.params, key=key,
+            state, key, counters = checkpointer.restore(fresh, step)
+            stats = test(games=games, player=player, params=state.train.params, key=key,
                                episodes=episodes, seed=cfg.seed, progress=cfg.progress, max_states=cfg.steps,
                                frame_sink=sink if step == steps[-1] else None)
             tracker.log_metrics({f"test/{k}": v for k, v in stats.items()}, step=int(counters["states"]))

@@ -129,7 +129,7 @@ class LoggerConfig:
 
 @dataclass
 class FaultsConfig:
-    """When a run that stays finite counts as diverged (:mod:`dqn_jax.faults`)."""
+    """When a run that stays finite counts as diverged (:mod:`dqn_jax.runner.faults`)."""
 
     # Q-values and targets may reach q_factor x memory.reward_clip / (1 - memory.discount),
     # the largest discounted sum of clipped rewards; null: no bound on them

@@ -40,7 +40,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dqn_jax.memory import resolve_target_method  # noqa: E402
+from dqn_jax.algorithms.hvass.targets import resolve_target_method  # noqa: E402
 
 RESULTS: list[dict] = []
 
@@ -94,7 +94,7 @@ def bench_sweep(quick: bool) -> None:
 def forward_flops(batch: int = 128, num_actions: int = 4) -> tuple[float, int]:
     """XLA's FLOP count of the hvass forward pass at ``batch``, and the parameter count."""
     from dqn_jax.config import NetworkConfig
-    from dqn_jax.networks import count_params, make_network
+    from dqn_jax.core.networks import make_network
 
     network = make_network(NetworkConfig(), num_actions)
     x = jax.ShapeDtypeStruct((batch,) + bench_core.STATE_SHAPE, jnp.uint8)
@@ -102,7 +102,6 @@ def forward_flops(batch: int = 128, num_actions: int = 4) -> tuple[float, int]:
     cost = jax.jit(network.apply).lower(params, x).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     n_params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
-    del count_params
     return float(cost["flops"]), n_params
 
 
@@ -182,7 +181,7 @@ class _TrainHarness:
     """What app.run_train sets up, kept so that runs can alternate in one process."""
 
     def __init__(self, root: Path, overrides):
-        from dqn_jax.app import Parts
+        from dqn_jax import algorithms
         from dqn_jax.config import num_envs
         from dqn_jax.envs import make_games
 
@@ -190,42 +189,44 @@ class _TrainHarness:
         self.cfg = _compose([f"paths.root={root}", "progress=false", "checkpoint.resume=false", *overrides])
         cfg = self.cfg
         self.games = make_games(cfg.env, num_envs(cfg.env), cfg.seed)
-        self.parts = Parts(cfg, self.games, cfg.seed)
-        self.cycle = None  # built by the first run, reused by the others
+        self.parts = algorithms.make_parts(cfg, self.games, cfg.seed)
+        self.algorithm = algorithms.build(cfg, self.parts, self.games)
+        self.training = None  # built by the first run, reused by the others
         self.runs = 0
         self.send_share: list[float] = []  # MLflow runs: the tracker's CPU time sending / run time
 
     def train(self, tracker, run_dir: Path):
-        """One training run from the initial train state: (train_state, key, TrainResult)."""
+        """One training run from the initial train state: (state, key, TrainResult)."""
+        import dataclasses
+
         import jax.tree_util as tu
 
-        from dqn_jax import agent
-        from dqn_jax.app import build_cycle
-        from dqn_jax.checkpoints import Checkpointer
-        from dqn_jax.logs import TrainingLog
+        from dqn_jax.app import build_training, curves_every
+        from dqn_jax.runner.checkpoints import Checkpointer
+        from dqn_jax.runner.logs import TrainingLog
+        from dqn_jax.runner.loop import Counters, train
 
         run_dir.mkdir(parents=True, exist_ok=True)
         checkpointer = Checkpointer(run_dir / "checkpoints", self.cfg.checkpoint.keep)
-        train_state = tu.tree_map(jnp.copy, self.parts.train_state)
+        state = self.algorithm.init(tu.tree_map(jnp.copy, self.parts.train_state))
         log = TrainingLog(run_dir, tracker, console=self.cfg.progress)
-        if self.cycle is None:
-            self.cycle = build_cycle(self.cfg, self.games, self.parts, checkpointer, log)
-        else:  # the same player and learner: compiled once for all the runs
-            self.cycle.checkpointer, self.cycle.log = checkpointer, log
-        cycle = self.cycle
-        return agent.train(cycle, train_state=train_state, key=self.parts.key, counters=agent.Counters(),
-                           seed=self.cfg.seed)
+        if self.training is None:
+            self.training = build_training(self.cfg, self.games, self.parts, self.algorithm, checkpointer, log)
+        else:  # the same player and algorithm: compiled once for all the runs
+            self.training = dataclasses.replace(self.training, checkpointer=checkpointer, log=log,
+                                                after_cycle=curves_every(log, 300))
+        return train(self.training, state=state, key=self.parts.key, counters=Counters(), seed=self.cfg.seed)
 
     def test(self, params, key, episodes: int, max_states: int | None = None) -> dict:
         """The tutorial's test statistics over ``episodes`` episodes with the test epsilon."""
         import optax
 
-        from dqn_jax import agent
+        from dqn_jax.core.acting import Player
+        from dqn_jax.runner.testing import test
 
-        player = agent.Player(self.parts.network, self.cfg.env,
-                              optax.constant_schedule(self.cfg.schedule.epsilon_test))
-        return agent.test(games=self.games, player=player, params=params, key=key, episodes=episodes,
-                          seed=self.cfg.seed, progress=self.cfg.progress, max_states=max_states)
+        player = Player(self.parts.network, self.cfg.env, optax.constant_schedule(self.cfg.schedule.epsilon_test))
+        return test(games=self.games, player=player, params=params, key=key, episodes=episodes,
+                    seed=self.cfg.seed, progress=self.cfg.progress, max_states=max_states)
 
     def seconds(self, logger: str) -> float:
         """Wall-clock seconds of one training run (train() and the final flush)."""

@@ -20,13 +20,13 @@ import jax
 import numpy as np
 from omegaconf import OmegaConf
 
-from dqn_jax import memory as replay
-from dqn_jax.agent import Player, state_spec
 from dqn_jax.config import Config, NetworkConfig
+from dqn_jax.core import replay
+from dqn_jax.core.acting import Player, state_spec
+from dqn_jax.core.networks import make_network
+from dqn_jax.core.schedules import linear_signal
+from dqn_jax.core.training import create_train_state, make_optimizer
 from dqn_jax.envs import make_games
-from dqn_jax.learner import create_train_state, make_optimizer
-from dqn_jax.networks import make_network
-from dqn_jax.schedules import linear_signal
 
 NETWORKS = {
     "minimal": NetworkConfig(name="mlp", dense=[], init_stddev=0.0),  # one dense layer

@@ -26,12 +26,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dqn_jax import learner as L  # noqa: E402
-from dqn_jax import memory as replay  # noqa: E402
-from dqn_jax import sampling  # noqa: E402
+from dqn_jax.algorithms.hvass import optimise as L  # noqa: E402
+from dqn_jax.algorithms.hvass import sampling  # noqa: E402
+from dqn_jax.algorithms.hvass.targets import recompute_targets  # noqa: E402
 from dqn_jax.config import NetworkConfig  # noqa: E402
-from dqn_jax.networks import count_params, make_network  # noqa: E402
-from dqn_jax.schedules import ControlSignals  # noqa: E402
+from dqn_jax.core import replay  # noqa: E402
+from dqn_jax.core.networks import make_network  # noqa: E402
+from dqn_jax.core.schedules import ControlSignals  # noqa: E402
+from dqn_jax.core.training import create_train_state, make_optimizer  # noqa: E402
+from tests.programs import Compiles, compute_dtypes, count_params  # noqa: E402
 
 STATE_SHAPE = (105, 80, 2)
 
@@ -91,13 +94,13 @@ def bench_sweep(steps: int = 25_000, games: int = 8, actions: int = 4, python_ro
     for method in ("scan", "associative"):
         swept = jax.tree_util.tree_map(jnp.copy, memory)  # the sweep donates its input
         start = time.perf_counter()
-        swept, stats = replay.recompute_targets(swept, 0.97, method)
+        swept, stats = recompute_targets(swept, 0.97, method)
         jax.block_until_ready(stats)
         result[f"{method}_compile_s"] = time.perf_counter() - start
 
         def run(method=method):
             nonlocal swept
-            swept, stats = replay.recompute_targets(swept, 0.97, method)  # sweeping again costs the same
+            swept, stats = recompute_targets(swept, 0.97, method)  # sweeping again costs the same
             jax.block_until_ready((swept.q_values, stats))
 
         result[f"{method}_s"] = _best_time(run, repeats)
@@ -108,9 +111,9 @@ def bench_sweep(steps: int = 25_000, games: int = 8, actions: int = 4, python_ro
 def _hvass_learner(num_actions: int, batch_size: int, chunk: int = 256, loop: str = "auto",
                    dtype: str = "float32", network_cfg: NetworkConfig | None = None):
     network = make_network(network_cfg or NetworkConfig(dtype=dtype), num_actions)
-    optimizer = L.make_optimizer()
+    optimizer = make_optimizer()
     sample = jnp.zeros((1,) + STATE_SHAPE, jnp.uint8)
-    state = jax.jit(L.create_train_state, static_argnums=(0, 3))(network, jax.random.key(0), sample, optimizer)
+    state = jax.jit(create_train_state, static_argnums=(0, 3))(network, jax.random.key(0), sample, optimizer)
     learner = L.Learner(network, optimizer, batch_size, 0.1, 0.5, chunk=chunk, loop=loop)
     return network, state, learner
 
@@ -121,13 +124,14 @@ def bench_update(batch_size: int = 128, steps: int = 10, num_actions: int = 4, d
     rng = np.random.default_rng(0)
     states = jnp.asarray(rng.integers(0, 256, (batch_size,) + STATE_SHAPE), jnp.uint8)
     targets = jnp.asarray(rng.normal(size=(batch_size, num_actions)), jnp.float32)
+    update, rate = jax.jit(learner.step, donate_argnums=0), jnp.float32(1e-4)
     start = time.perf_counter()
-    state, loss = learner.update(state, states, targets, 1e-4)
+    state, loss = update(state, states, targets, rate)
     loss.block_until_ready()
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
-        state, loss = learner.update(state, states, targets, 1e-4)
+        state, loss = update(state, states, targets, rate)
     jax.block_until_ready((state.params, loss))
     seconds = time.perf_counter() - start
     return {"params": count_params(state.params), "compile_s": compile_s,
@@ -174,33 +178,36 @@ def bench_dqn_update(cfg, steps: int = 200) -> dict:
     """Milliseconds per DQN gradient step (sample, targets, loss, RMSProp, target copy) of
     the composed config ``cfg`` (its network, optimiser, batch and memory size, its real
     games' state), the memory filled with random uint8 states."""
-    from dqn_jax import agent, app, dqn
-    from dqn_jax.config import memory_rows, num_envs
+    from dqn_jax import algorithms
+    from dqn_jax.algorithms import dqn
+    from dqn_jax.config import num_envs
     from dqn_jax.envs import make_games
 
     games = make_games(cfg.env, num_envs(cfg.env), cfg.seed)
     try:
-        parts = app.Parts(cfg, games, cfg.seed)
-        shape, dtype = agent.state_spec(cfg.env, games.observation_shape, games.observation_dtype)
-        rows, num_actions = memory_rows(cfg.memory, games.num_envs), games.num_actions
-        memory = replay.init_memory(rows, games.num_envs, shape, dtype, num_actions, circular=True)
+        parts = algorithms.make_parts(cfg, games, cfg.seed)
+        algorithm = algorithms.build(cfg, parts, games)
+        spec = algorithms.memory_spec(cfg, games)
+        rows, dtype = spec.rows, spec.dtype
+        memory = replay.init_memory(rows, spec.games, spec.shape, dtype, spec.num_actions, circular=True)
     finally:
         games.close()
-    update = app.dqn_update(cfg, parts)
+    update = algorithm.update
     rng = np.random.default_rng(1)
     memory = memory.replace(states=jnp.asarray(rng.integers(0, 256, memory.states.shape), dtype),
                             count=jnp.int32(rows + 1))
     rate = jnp.float32(ControlSignals.from_config(cfg.schedule).learning_rate(0))
-    state, stats, key = parts.train_state, dqn.Stats.zeros(), jax.random.key(2)
-    for _ in range(3):  # compiles once
-        state, stats, key = update(state, stats, memory, key, rate)
+    state, stats, key = dqn.with_target(parts.train_state), dqn.Stats.zeros(), jax.random.key(2)
+    with Compiles() as compiles:
+        for _ in range(3):  # compiles once
+            state, stats, key = update(state, stats, memory, key, rate)
     jax.block_until_ready(state.params)
     start = time.perf_counter()
     for _ in range(steps):
         state, stats, key = update(state, stats, memory, key, rate)
     jax.block_until_ready(state.params)
     seconds = (time.perf_counter() - start) / steps
-    return {"step_ms": seconds * 1e3, "params": count_params(state.params), "compiles": update.cache_size()}
+    return {"step_ms": seconds * 1e3, "params": count_params(state.params), "compiles": compiles.of("_step")}
 
 
 def old_sample_indices(key, errors_flat, used_mask, threshold, min_high_share, batch_size: int):
@@ -256,8 +263,6 @@ def bench_sampler(states: int = 200_000, batch_size: int = 128, batches: int = 2
 def bench_dtypes(batch_size: int = 128, steps: int = 3, rounds: int = 3, num_actions: int = 4) -> dict:
     """Update steps/s of the hvass network in float32 and bfloat16, alternating ``rounds``
     times (medians), and the element types the compiled program's products run in."""
-    from dqn_jax.networks import compute_dtypes
-
     rates = {"float32": [], "bfloat16": []}
     for _ in range(rounds):
         for dtype in rates:

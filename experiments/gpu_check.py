@@ -44,8 +44,8 @@ import bench_acting  # noqa: E402
 import bench_core  # noqa: E402
 
 from dqn_jax.config import NetworkConfig  # noqa: E402
-from dqn_jax.interrupts import StopRequest  # noqa: E402
-from dqn_jax.learner import describe_device  # noqa: E402
+from dqn_jax.runner.interrupts import StopRequest  # noqa: E402
+from dqn_jax.runner.resources import describe_device  # noqa: E402
 from dqn_jax.tracking import NullTracker  # noqa: E402
 
 TUTORIAL_STATES_S = 127.6e6 / (150 * 3600)  # 127.6 M states in about 150 hours
@@ -124,13 +124,13 @@ def timed_run(minutes: float, tiny: bool, root: Path, test_states: int) -> dict:
         start = time.perf_counter()
         timer.start()
         try:
-            train_state, key, result = harness.train(tracker, root / "runs" / "gpu-check")
+            state, key, result = harness.train(tracker, root / "runs" / "gpu-check")
         finally:
             timer.cancel()
         seconds = time.perf_counter() - start
     episodes = 2 if tiny else 30
     print(f"trained {result.counters.states:,} states in {seconds:.0f} s; testing {episodes} episodes", flush=True)
-    test = harness.test(train_state.params, key, episodes, max_states=test_states)
+    test = harness.test(state.train.params, key, episodes, max_states=test_states)
     harness.close()
     stages = {name: sum(tracker.series(f"cycle/{name}_seconds")) for name in ("play", "sweep", "optimise")}
     return {"seconds": seconds, "states": result.counters.states, "episodes": result.counters.episodes,

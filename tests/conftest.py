@@ -69,7 +69,7 @@ def run_app(args, cwd: Path, timeout: float = 600, env_extra=None) -> subprocess
 
 
 def run_module(module: str, args, cwd: Path, timeout: float = 300, env_extra=None) -> subprocess.CompletedProcess:
-    """``python -m MODULE ARGS`` (dqn_jax.compare, dqn_jax.analyze, ...) in a subprocess."""
+    """``python -m MODULE ARGS`` (dqn_jax.sweeps.compare, dqn_jax.analyze, ...) in a subprocess."""
     return subprocess.run(app_command(args, cwd, module), cwd=cwd, env=app_env(env_extra),
                           capture_output=True, text=True, timeout=timeout)
 
@@ -117,20 +117,21 @@ def checkpoint_steps(folder: Path) -> list[int]:
 
 def restore_newest(root: Path, checkpoints: Path, overrides=()) -> tuple:
     """(train state, counters as ints) of the newest checkpoint of a ``TINY`` run under
-    ``root``, restored whole into the network its config builds."""
-    from dqn_jax.app import Parts  # JAX and the games load only for the tests that restore
-    from dqn_jax.checkpoints import Checkpointer
+    ``root``, restored whole into the algorithm state its config builds."""
+    from dqn_jax import algorithms  # JAX and the games load only for the tests that restore
     from dqn_jax.envs import make_games
+    from dqn_jax.runner.checkpoints import Checkpointer
 
     cfg = compose_config([*TINY, *overrides], root)
     games = make_games(cfg.env, 2, 0)
     try:
-        parts = Parts(cfg, games, 0)
+        parts = algorithms.make_parts(cfg, games, 0)
+        fresh = algorithms.build(cfg, parts, games).init(parts.train_state)
     finally:
         games.close()
     with Checkpointer(checkpoints) as checkpointer:
-        train_state, _, counters = checkpointer.restore(parts.train_state)
-    return train_state, {k: int(v) for k, v in counters.items()}
+        state, _, counters = checkpointer.restore(fresh)
+    return state.train, {k: int(v) for k, v in counters.items()}
 
 
 # ------------------------------------------------------------------------------ MLflow

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dqn_jax.agent import state_spec
+from dqn_jax.algorithms.hvass.algorithm import rows_before_learning
 from dqn_jax.config import EnvConfig
-from dqn_jax.hvass import rows_before_learning
-from dqn_jax.schedules import linear_signal
+from dqn_jax.core.acting import state_spec
+from dqn_jax.core.schedules import linear_signal
 
 
 def per_step_reference(start, end, span, count, steps, games):
@@ -41,10 +41,11 @@ def test_test_plays_every_episode_unless_given_a_state_limit(tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from dqn_jax.agent import Player, test
     from dqn_jax.config import NetworkConfig
+    from dqn_jax.core.acting import Player
+    from dqn_jax.core.networks import make_network
     from dqn_jax.envs import make_games
-    from dqn_jax.networks import make_network
+    from dqn_jax.runner.testing import test
     from tests.conftest import compose_config
 
     cfg = compose_config(["env=cartpole", "steps=20", "progress=false"], tmp_path)
@@ -68,9 +69,10 @@ def test_test_mode_lines_number_each_episode_once_and_show_the_last_30_mean(tmp_
 
     import jax
 
-    from dqn_jax.agent import Player, test
+    from dqn_jax.core.acting import Player
+    from dqn_jax.core.networks import make_network
     from dqn_jax.envs import make_games
-    from dqn_jax.networks import make_network
+    from dqn_jax.runner.testing import test
     from tests.conftest import TINY, compose_config
 
     cfg = compose_config([*TINY, "progress=true"], tmp_path)

@@ -7,14 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dqn_jax import memory as replay
-from dqn_jax.agent import Player, state_spec
+from dqn_jax.algorithms.hvass.targets import resolve_target_method
 from dqn_jax.config import EnvConfig, NetworkConfig
-from dqn_jax.memory import resolve_target_method
-from dqn_jax.motion import TracerState
-from dqn_jax.networks import make_network
-from dqn_jax.policy import epsilon_greedy
-from dqn_jax.schedules import linear_signal
+from dqn_jax.core import replay
+from dqn_jax.core.acting import Player, state_spec
+from dqn_jax.core.motion import TracerState
+from dqn_jax.core.networks import make_network
+from dqn_jax.core.policy import epsilon_greedy
+from dqn_jax.core.schedules import linear_signal
+from tests.programs import add, add_jit
 
 
 def reference_step(network, params, tracer, frames, restart, key, count, epsilon_fn, threshold, decay):
@@ -67,8 +68,8 @@ def test_act_matches_reference_composition_and_memory_rows():
         np.testing.assert_allclose(float(eps), float(ref_eps), rtol=1e-6)  # jit vs eager rounding
         np.testing.assert_array_equal(np.asarray(tracer.last_output), np.asarray(ref_tracer.last_output))
         np.testing.assert_array_equal(np.asarray(tracer.last_input, np.float32), np.asarray(ref_tracer.last_input))
-        memory = replay.add_jit(memory, states, q, actions, rewards[t], ends[t], ends[t], 1.0)
-        ref_memory = replay.add(ref_memory, ref_states, ref_q, ref_actions, rewards[t], ends[t], ends[t], 1.0)
+        memory = add_jit(memory, states, q, actions, rewards[t], ends[t], ends[t], 1.0)
+        ref_memory = add(ref_memory, ref_states, ref_q, ref_actions, rewards[t], ends[t], ends[t], 1.0)
     for got, want in zip(jax.tree_util.tree_leaves(memory), jax.tree_util.tree_leaves(ref_memory), strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
@@ -93,7 +94,7 @@ def test_play_writes_the_rows_that_act_then_add_write():
         ref_key, ref_tracer, states, q, ref_actions, _ = player.act(params, ref_tracer, frames[t], restarts[t],
                                                                    ref_key, count)
         np.testing.assert_array_equal(np.asarray(actions), np.asarray(ref_actions))
-        ref_memory = replay.add_jit(ref_memory, states, q, ref_actions, rewards[t], ends[t] & (t % 2 == 0),
+        ref_memory = add_jit(ref_memory, states, q, ref_actions, rewards[t], ends[t] & (t % 2 == 0),
                                     ends[t], 1.0)
         outcome = (rewards[t], ends[t] & (t % 2 == 0), ends[t])
     memory = replay.record_outcome_jit(memory, *outcome, 1.0)
@@ -110,7 +111,7 @@ def test_target_method_auto_resolves_by_backend():
 
 def test_the_state_count_goes_past_2_to_the_31_without_overflow():
     """The tutorial's runs count 10^8 states and longer runs pass int32's 2**31."""
-    from dqn_jax.schedules import linear_signal
+    from dqn_jax.core.schedules import linear_signal
 
     network = make_network(NetworkConfig(name="mlp", dense=[4]), 2)
     params = network.init(jax.random.PRNGKey(0), np.zeros((1, 4), np.float32))

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dqn_jax import analyze, pictures, tracking
-from dqn_jax.saved_run import SavedRun
+from dqn_jax import tracking
+from dqn_jax.analyze import command as analyze
+from dqn_jax.analyze import pictures
+from dqn_jax.analyze.saved_run import SavedRun
 from tests.conftest import TINY, client_for, run_app, run_module, tail
 
 PANELS, COLUMNS, EPISODES, VIDEO_STEPS = 6, 4, 2, 40

@@ -1,4 +1,4 @@
-"""dqn_jax.checkpoints with real Orbax checkpoints of a tiny Flax + Optax train state."""
+"""dqn_jax.runner.checkpoints with real Orbax checkpoints of a tiny Flax + Optax train state."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import optax
 import pytest
 from flax import struct
 
-from dqn_jax.checkpoints import Checkpointer
+from dqn_jax.runner.checkpoints import Checkpointer
 
 
 class TinyState(struct.PyTreeNode):

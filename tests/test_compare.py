@@ -1,4 +1,4 @@
-"""dqn_jax.compare on a real finished sweep (tiny CartPole jobs) and on made-up children."""
+"""dqn_jax.sweeps.compare on a real finished sweep (tiny CartPole jobs) and on made-up children."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dqn_jax.compare import Child, group_children, main, score_table, table_markdown
+from dqn_jax.sweeps.compare import Child, group_children, main, score_table, table_markdown
 from tests.conftest import (
     CART,
     CARTPOLE,
@@ -30,7 +30,7 @@ CART = [*CART, "steps=200"]
 
 def compare_cli(*args, cwd: Path, script: str | None = None) -> subprocess.CompletedProcess:
     if script is None:
-        return run_module("dqn_jax.compare", args, cwd=cwd)
+        return run_module("dqn_jax.sweeps.compare", args, cwd=cwd)
     return subprocess.run([script, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=app_env())
 
 

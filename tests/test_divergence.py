@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dqn_jax.config import ConfigError, validate
-from dqn_jax.faults import FAILURE_TAG, Diverged, Limits, check_cycle
+from dqn_jax.runner.faults import FAILURE_TAG, Diverged, Limits, check_cycle
 from tests.conftest import TINY, compose_config, run_app
 
 SIGNALS = {"learning_rate": 1e4, "loss_limit": 0.1}

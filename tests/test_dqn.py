@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dqn_jax import dqn
-from dqn_jax import memory as replay
-from dqn_jax.learner import create_train_state, make_optimizer
-from dqn_jax.networks import make_network
+from dqn_jax.algorithms import dqn
+from dqn_jax.core import replay
+from dqn_jax.core.networks import make_network
+from dqn_jax.core.training import create_train_state, make_optimizer
+from tests.programs import Compiles, add
 
 # ------------------------------------------------------------------------ references
 
@@ -71,7 +72,7 @@ def circular_memory(steps=5, games=3, rows=12):
     memory = replay.init_memory(steps, games, (2,), jnp.int32, 2, circular=True)
     for t in range(rows):
         states = np.stack([np.full(games, t), np.arange(games)], axis=1)
-        memory = replay.add(memory, states, np.zeros((games, 2)), np.full(games, t % 2),
+        memory = add(memory, states, np.zeros((games, 2)), np.full(games, t % 2),
                             np.full(games, float(t)), np.zeros(games, bool), np.full(games, t % 4 == 3),
                             reward_clip=100.0)
     return memory
@@ -84,7 +85,7 @@ def test_a_circular_memory_overwrites_its_oldest_row_and_keeps_counting():
     np.testing.assert_array_equal(np.asarray(memory.states)[:, 0, 0], [10, 11, 7, 8, 9])
     full = replay.init_memory(5, 3, (2,), jnp.int32, 2)  # the tutorial's memory: stops when full
     for t in range(7):
-        full = replay.add(full, np.full((3, 2), t), np.zeros((3, 2)), np.zeros(3, int), np.zeros(3),
+        full = add(full, np.full((3, 2), t), np.zeros((3, 2)), np.zeros(3, int), np.zeros(3),
                           np.zeros(3, bool), np.zeros(3, bool))
     assert int(full.count) == 5 and np.asarray(full.states)[:, 0, 0].tolist() == [0, 1, 2, 3, 4]
 
@@ -145,8 +146,9 @@ def test_the_target_network_is_copied_every_c_steps_and_held_in_between():
             np.testing.assert_array_equal(t, c)
     assert int(state.updates) == 7 and int(stats.count) == 7
     # the copy is the target's own buffer: donating the state again must not clash
-    state, stats, key = update(state, stats, memory, key, jnp.float32(1e-2))
-    assert update.cache_size() == 1
+    with Compiles() as compiles:
+        state, stats, key = update(state, stats, memory, key, jnp.float32(1e-2))
+    assert compiles.of("_step") == 0  # compiled once, by the first step
 
 
 def test_one_update_is_the_reference_gradient_step():
@@ -190,10 +192,10 @@ def test_one_update_is_the_reference_gradient_step():
 def test_each_algorithm_trains_checkpoints_and_resumes(tmp_path, algorithm, encoding):
     """A few hundred states of real Breakout, then the same command resumes: the target
     network and the update count come back from the checkpoint."""
-    from dqn_jax.app import Parts
-    from dqn_jax.checkpoints import Checkpointer
+    from dqn_jax import algorithms
     from dqn_jax.config import num_envs
     from dqn_jax.envs import make_games
+    from dqn_jax.runner.checkpoints import Checkpointer
     from tests.conftest import TINY, compose_config, run_app
 
     args = [*TINY, f"algorithm={algorithm}", "algorithm.warmup=100", "algorithm.report_every=200",
@@ -208,11 +210,18 @@ def test_each_algorithm_trains_checkpoints_and_resumes(tmp_path, algorithm, enco
     checkpoints = Checkpointer(tmp_path / "runs" / "breakout" / "default" / "checkpoints", 3)
     try:
         assert checkpoints.all_steps()[-2:] == [400, 600]
-        state, _, counters = checkpoints.restore(Parts(cfg, games, cfg.seed).train_state, 600)
+        parts = algorithms.make_parts(cfg, games, cfg.seed)
+        fresh = algorithms.build(cfg, parts, games).init(parts.train_state)
+        state, _, counters = checkpoints.restore(fresh, 600)
     finally:
         checkpoints.close()
         games.close()
-    assert isinstance(state, dqn.TargetTrainState) and int(counters["states"]) == 600
+    assert isinstance(state, dqn.DqnState) and int(counters["states"]) == 600
+    # the checkpoint holds DQN's whole state: its counters beside the networks. The resumed
+    # run's memory held the 200 states played since the resume (it is not checkpointed)
+    assert (int(state.recorded), int(state.credit)) == (200, 0)
+    state = state.train
+    assert isinstance(state, dqn.TargetTrainState)
     # 2 games: the warm-up ends after 100 states, then a step per 4 states (the first run:
     # 75 steps); the resumed run warms up again (its memory is not checkpointed): 25 more
     assert int(state.updates) == 75 + 25

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dqn_jax.config import EnvConfig
-from dqn_jax.encodings import make_encoding
+from dqn_jax.core.encodings import make_encoding
 from tests.test_motion import reference_trace
 
 

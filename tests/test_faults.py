@@ -1,4 +1,4 @@
-"""dqn_jax.faults: a learning cycle with a non-finite value stops the run."""
+"""dqn_jax.runner.faults: a learning cycle with a non-finite value stops the run."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dqn_jax.faults import Diverged, all_finite, check_cycle, first_non_finite
+from dqn_jax.runner.faults import Diverged, all_finite, check_cycle, first_non_finite
 
 SIGNALS = {"learning_rate": 1e4, "loss_limit": 0.1}
 

@@ -12,11 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dqn_jax import learner as L
-from dqn_jax import memory as replay
-from dqn_jax import sampling
+from dqn_jax.algorithms.hvass import optimise as L
+from dqn_jax.algorithms.hvass import sampling, targets
 from dqn_jax.config import NetworkConfig
-from dqn_jax.networks import compute_dtypes, make_network
+from dqn_jax.core.networks import make_network
+from dqn_jax.core.training import create_train_state, make_optimizer
+from tests.programs import compute_dtypes
 from tests.test_learner import linear_network, new_state, toy_memory
 from tests.test_memory import random_memory, reference_for
 
@@ -46,7 +47,7 @@ def on(device, tree):
 
 
 def test_device_optimise_loop_on_the_gpu_matches_the_host_loop_on_the_cpu(gpu, cpu):
-    network, optimizer = linear_network(), L.make_optimizer()
+    network, optimizer = linear_network(), make_optimizer()
     out = {}
     for where, loop in ((gpu, "device"), (cpu, "host")):
         learner = L.Learner(network, optimizer, 16, 0.5, 0.5, loss_window=10, chunk=16, loop=loop)
@@ -69,7 +70,7 @@ def test_associative_sweep_on_the_gpu_matches_the_reference(gpu, count):
     rng = np.random.default_rng(count)
     memory = random_memory(rng, steps=512, games=8, actions=4, count=count)
     want_q, want_err = reference_for(memory, count, 0.97)
-    swept, stats = replay.recompute_targets(on(gpu, memory), 0.97, "associative")
+    swept, stats = targets.recompute_targets(on(gpu, memory), 0.97, "associative")
     assert swept.q_values.devices() == {gpu}
     np.testing.assert_allclose(swept.q_values, want_q, atol=1e-4)
     np.testing.assert_allclose(swept.errors[:count], want_err[:count], atol=1e-4)
@@ -113,17 +114,17 @@ def test_hvass_update_on_the_gpu_matches_the_cpu(gpu, cpu):
     """One update of the tutorial's network: the same loss and parameters as the CPU's
     (up to TF32, which XLA may use for float32 products on the GPU)."""
     network = make_network(NetworkConfig(), num_actions=4)
-    optimizer = L.make_optimizer()
+    optimizer = make_optimizer()
     rng = np.random.default_rng(1)
     states = rng.integers(0, 256, (32, 105, 80, 2)).astype(np.uint8)
     targets = rng.normal(size=(32, 4)).astype(np.float32)
     out = []
     for where in (gpu, cpu):
         with jax.default_device(where):
-            state = L.create_train_state(network, jax.random.key(0), jnp.zeros((1, 105, 80, 2), jnp.uint8),
+            state = create_train_state(network, jax.random.key(0), jnp.zeros((1, 105, 80, 2), jnp.uint8),
                                          optimizer)
             learner = L.Learner(network, optimizer, 32, 0.1, 0.5)
-            state, loss = learner.update(state, on(where, states), on(where, targets), 1e-4)
+            state, loss = jax.jit(learner.step)(state, on(where, states), on(where, targets), jnp.float32(1e-4))
         out.append((float(loss), np.asarray(state.params["params"]["Dense_4"]["kernel"])))
     (loss_gpu, kernel_gpu), (loss_cpu, kernel_cpu) = out
     assert loss_gpu == pytest.approx(loss_cpu, rel=2e-2)

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from dqn_jax import interrupts
-from dqn_jax.interrupts import StopRequest, stop_request
+from dqn_jax.runner import interrupts
+from dqn_jax.runner.interrupts import StopRequest, stop_request
 
 
 def press_ctrl_c() -> None:

@@ -5,9 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dqn_jax import learner as L
-from dqn_jax import memory as replay
-from dqn_jax.networks import MLPQNetwork
+from dqn_jax.algorithms.hvass import optimise as L
+from dqn_jax.core import replay
+from dqn_jax.core.networks import MLPQNetwork
+from dqn_jax.core.training import create_train_state, make_optimizer
+from dqn_jax.runner.resources import describe_device
+from tests.programs import Compiles
 
 OBS, ACTIONS = 4, 3
 
@@ -33,7 +36,7 @@ def toy_memory(steps=40, games=4, count=40, seed=0, learnable=True):
 
 
 def new_state(network, optimizer, seed=0):
-    return L.create_train_state(network, jax.random.key(seed), jnp.zeros((1, OBS)), optimizer)
+    return create_train_state(network, jax.random.key(seed), jnp.zeros((1, OBS)), optimizer)
 
 
 def test_q_loss_formula():
@@ -48,13 +51,14 @@ def test_q_loss_formula():
 
 def test_update_matches_tf1_rmsprop_reference():
     network = linear_network()
-    optimizer = L.make_optimizer(decay=0.9, eps=1e-10, initial_scale=1.0)
+    optimizer = make_optimizer(decay=0.9, eps=1e-10, initial_scale=1.0)
     state = new_state(network, optimizer)
     w = np.array(state.params["params"]["Dense_0"]["kernel"], np.float64)
     b = np.array(state.params["params"]["Dense_0"]["bias"], np.float64)
     ms_w, ms_b = np.ones_like(w), np.ones_like(b)  # TF1 starts the accumulator at 1.0
     learner = L.Learner(network, optimizer, batch_size=8, error_threshold=0.1,
                              min_high_share=0.5)
+    step = jax.jit(learner.step, donate_argnums=0)
     rng = np.random.default_rng(1)
     for lr in (1e-2, 3e-3, 5e-2):
         x = rng.normal(size=(8, OBS)).astype(np.float32)
@@ -66,7 +70,7 @@ def test_update_matches_tf1_rmsprop_reference():
         ms_b = 0.9 * ms_b + 0.1 * g_b**2
         w = w - lr * g_w / np.sqrt(ms_w + 1e-10)
         b = b - lr * g_b / np.sqrt(ms_b + 1e-10)
-        state, loss = learner.update(state, jnp.asarray(x), jnp.asarray(y), lr)
+        state, loss = step(state, jnp.asarray(x), jnp.asarray(y), jnp.float32(lr))
         assert float(loss) == pytest.approx(want_loss, rel=1e-5)
         np.testing.assert_allclose(state.params["params"]["Dense_0"]["kernel"], w, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(state.params["params"]["Dense_0"]["bias"], b, rtol=1e-5, atol=1e-6)
@@ -76,7 +80,7 @@ def test_update_matches_tf1_rmsprop_reference():
 
 def toy_learner(loop: str, chunk: int, loss_window: int = 100):
     """The linear network's learner: batches of 16, error threshold 0.5, half high-error."""
-    network, optimizer = linear_network(), L.make_optimizer()
+    network, optimizer = linear_network(), make_optimizer()
     learner = L.Learner(network, optimizer, batch_size=16, error_threshold=0.5,
                              min_high_share=0.5, loss_window=loss_window, chunk=chunk, loop=loop)
     return network, optimizer, learner
@@ -89,23 +93,20 @@ def test_optimise_stop_rules_and_compile_once(loop):
     state, key = new_state(network, optimizer), jax.random.key(0)
 
     calls = []
-    state, key, res = learner.optimise(state, memory, key, learning_rate=1e-3, loss_limit=0.0,
-                                       max_epochs=3.0, progress=lambda *a: calls.append(a))
-    assert (res.iterations, res.max_iterations) == (30, 30)
-    assert res.epochs == pytest.approx(3.0)
+    with Compiles() as compiles:
+        state, key, first = learner.optimise(state, memory, key, learning_rate=1e-3, loss_limit=0.0,
+                                             max_epochs=3.0, progress=lambda *a: calls.append(a))
+        state, key, second = learner.optimise(state, memory, key, learning_rate=3e-4, loss_limit=1e9,
+                                              max_epochs=5.0, min_epochs=1.5)
+    assert (first.iterations, first.max_iterations) == (30, 30)
+    assert first.epochs == pytest.approx(3.0)
     assert [c[0] for c in calls] == [8, 16, 24, 30] and all(c[1] == 30 for c in calls)
-    assert res.high_error_share == pytest.approx(float(np.mean(np.asarray(memory.errors) >= 0.5)))
-
-    state, key, res = learner.optimise(state, memory, key, learning_rate=3e-4, loss_limit=1e9,
-                                       max_epochs=5.0, min_epochs=1.5)
-    assert res.iterations == 15 and res.max_iterations == 50
-
-    for lr in (1e-4, 2e-4):
-        state, _ = learner.update(state, memory.states[0], memory.q_values[0], lr)
-    assert int(state.updates) == 30 + 15 + 2
-    compiled = "optimise_chunk" if loop == "device" else "optimise_step"
-    assert learner.cache_sizes()[compiled] == 1 and learner.cache_sizes()["update"] == 1
-    assert sum(learner.cache_sizes().values()) == 2  # the other loop was never compiled
+    assert first.high_error_share == pytest.approx(float(np.mean(np.asarray(memory.errors) >= 0.5)))
+    assert second.iterations == 15 and second.max_iterations == 50
+    assert int(state.updates) == 30 + 15
+    compiled, other = ("_chunk", "_one_iteration") if loop == "device" else ("_one_iteration", "_chunk")
+    assert compiles.of(compiled) == 1  # once, whatever the learning rate, loss limit or epochs
+    assert compiles.of(other) == 0  # the other loop was never compiled
 
 
 @pytest.mark.parametrize("loop", ["device", "host"])
@@ -136,17 +137,18 @@ def test_loss_decreases_and_limit_stops_early(loop):
 
 def test_empty_memory_does_nothing():
     network = linear_network()
-    optimizer = L.make_optimizer()
+    optimizer = make_optimizer()
     learner = L.Learner(network, optimizer, 16, 0.1, 0.5)
     state = new_state(network, optimizer)
-    state, _, res = learner.optimise(state, toy_memory(count=0), jax.random.key(0),
-                                     learning_rate=1e-3, loss_limit=0.1, max_epochs=5.0)
-    assert res.iterations == 0 and sum(learner.cache_sizes().values()) == 0
+    with Compiles() as compiles:
+        state, _, res = learner.optimise(state, toy_memory(count=0), jax.random.key(0),
+                                         learning_rate=1e-3, loss_limit=0.1, max_epochs=5.0)
+    assert res.iterations == 0 and compiles.of("_chunk") + compiles.of("_one_iteration") == 0
 
 
 def test_device_and_host_loops_agree():
     network = linear_network()
-    optimizer = L.make_optimizer()
+    optimizer = make_optimizer()
     results = {}
     for loop in ("device", "host"):
         learner = L.Learner(network, optimizer, 16, 0.5, 0.5, loss_window=10, chunk=16, loop=loop)
@@ -179,7 +181,7 @@ def test_stop_ends_the_optimise_loop_early_with_a_usable_state(loop):
 
 
 def test_describe_device_names_the_backend():
-    line = L.describe_device()
+    line = describe_device()
     assert line.startswith(f"{jax.default_backend()}: ") and jax.__version__ in line
     assert "\n" not in line
     if jax.default_backend() == "cpu":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dqn_jax import logs
+from dqn_jax.runner import logs
 
 
 def test_csv_logs_append_across_reopen_and_restore_rewards(tmp_path):

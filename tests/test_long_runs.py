@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dqn_jax.faults import FAILURE_TAG, all_finite
+from dqn_jax.runner.faults import FAILURE_TAG, all_finite
 from tests.conftest import (
     TINY,
     app_command,

@@ -3,7 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dqn_jax import memory as replay
+from dqn_jax.algorithms.hvass import targets
+from dqn_jax.core import replay
+from tests.programs import Compiles, add, add_jit
 
 
 def reference_sweep(q, actions, rewards, done, count, discount):
@@ -49,7 +51,7 @@ def test_add_reset_and_count():
     assert (memory.rows, memory.num_games, memory.capacity, memory.num_actions) == (3, 2, 6, 5)
     assert memory.states.dtype == jnp.uint8 and memory.q_values.dtype == jnp.float32
     for t in range(2):
-        memory = replay.add_jit(
+        memory = add_jit(
             memory, jnp.full((2, 4, 4, 2), t + 1, jnp.uint8), jnp.full((2, 5), 0.5 * t),
             jnp.array([1, 2]), jnp.array([3.0, -0.25]), jnp.array([False, True]),
             jnp.array([True, False]),
@@ -68,7 +70,7 @@ def test_add_reset_and_count():
 def test_add_to_full_memory_writes_nothing():
     memory = replay.init_memory(2, 1, (1,), jnp.float32, 2)
     for value in (1.0, 2.0, 3.0):
-        memory = replay.add(memory, jnp.full((1, 1), value), jnp.zeros((1, 2)), jnp.zeros(1, jnp.int32),
+        memory = add(memory, jnp.full((1, 1), value), jnp.zeros((1, 2)), jnp.zeros(1, jnp.int32),
                        jnp.array([5.0]), jnp.zeros(1, bool), jnp.zeros(1, bool), reward_clip=2.0)
     assert int(memory.count) == 2
     np.testing.assert_array_equal(memory.states[:, 0, 0], [1.0, 2.0])
@@ -98,12 +100,12 @@ def test_tutorial_worked_example():
     # NOOP (action 0) in state t estimated at 2.9; the step scores 4 points, stored as 1;
     # the best Q-value of state t+1 is 1.83; the new estimate is 1 + 0.97 * 1.83 = 2.7751.
     memory = replay.init_memory(2, 1, (1,), jnp.uint8, 4)
-    memory = replay.add(memory, jnp.zeros((1, 1)), jnp.array([[2.9, 0.5, 1.0, 2.0]]), jnp.array([0]),
+    memory = add(memory, jnp.zeros((1, 1)), jnp.array([[2.9, 0.5, 1.0, 2.0]]), jnp.array([0]),
                    jnp.array([4.0]), jnp.array([False]), jnp.array([False]))
-    memory = replay.add(memory, jnp.zeros((1, 1)), jnp.array([[1.83, 0.2, 1.1, -0.3]]), jnp.array([2]),
+    memory = add(memory, jnp.zeros((1, 1)), jnp.array([[1.83, 0.2, 1.1, -0.3]]), jnp.array([2]),
                    jnp.array([0.0]), jnp.array([False]), jnp.array([False]))
     for method in ("scan", "associative"):
-        swept, _ = replay.recompute_targets(copy(memory), 0.97, method)
+        swept, _ = targets.recompute_targets(copy(memory), 0.97, method)
         assert float(swept.q_values[0, 0, 0]) == pytest.approx(2.7751, abs=1e-5)
         assert float(swept.errors[0, 0]) == pytest.approx(2.9 - 2.7751, abs=1e-5)
         np.testing.assert_allclose(swept.q_values[0, 0, 1:], [0.5, 1.0, 2.0])
@@ -124,7 +126,7 @@ def test_sweep_matches_reference(method, count):
     rng = np.random.default_rng(count)
     memory = random_memory(rng, steps=64, games=3, actions=4, count=count)
     want_q, want_err = reference_for(memory, count, 0.97)
-    swept, stats = replay.recompute_targets(copy(memory), 0.97, method)
+    swept, stats = targets.recompute_targets(copy(memory), 0.97, method)
     np.testing.assert_allclose(swept.q_values, want_q, atol=1e-5)
     np.testing.assert_allclose(swept.errors[:count], want_err[:count], atol=1e-5)
     np.testing.assert_array_equal(swept.errors[count:], 7.0)  # rows >= count left alone
@@ -148,15 +150,16 @@ def test_long_chain_without_terminals(method):
     done = np.zeros((64, 3), bool)
     want_q, _ = reference_sweep(np.asarray(memory.q_values), np.asarray(memory.actions),
                                 np.asarray(memory.rewards), done, 64, 0.999)
-    swept, _ = replay.recompute_targets(copy(memory), 0.999, method)
+    swept, _ = targets.recompute_targets(copy(memory), 0.999, method)
     np.testing.assert_allclose(swept.q_values, want_q, atol=1e-4)
 
 
 def test_sweep_compiles_once_for_every_fill_level():
     rng = np.random.default_rng(1)
-    before = replay.target_cache_sizes()
-    for count in (3, 11, 17):
-        replay.recompute_targets(random_memory(rng, 17, 2, 3, count), 0.97, "associative")
-    grown = {k: v - before[k] for k, v in replay.target_cache_sizes().items()}
-    assert grown["prepare"] <= 1 and grown["write_targets"] <= 1 and grown["row_max_associative"] <= 1
-    assert grown["row_max_scan"] == 0
+    with Compiles() as compiles:
+        for count in (3, 11, 17):
+            targets.recompute_targets(random_memory(rng, 17, 2, 3, count), 0.97, "associative")
+    # at most once each (none where an earlier test of this process compiled the same shapes)
+    for stage in ("_prepare", "_write_targets", "_row_max_associative"):
+        assert compiles.of(stage) <= 1, compiles.names
+    assert compiles.of("_row_max_scan") == 0

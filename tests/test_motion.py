@@ -1,7 +1,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from dqn_jax.motion import TracerState, init_tracer, trace
+from dqn_jax.core.motion import TracerState, init_tracer, trace
 
 
 def reference_trace(frames, restarts, threshold=20.0, decay=0.75):

@@ -5,15 +5,14 @@ import pytest
 from omegaconf import OmegaConf
 
 from dqn_jax.config import NetworkConfig
-from dqn_jax.networks import (
+from dqn_jax.core.networks import (
     _DTYPES,
     HvassQNetwork,
     MLPQNetwork,
     NatureQNetwork,
-    compute_dtypes,
-    count_params,
     make_network,
 )
+from tests.programs import compute_dtypes, count_params
 
 SMALL = dict(conv_features=[4, 8], conv_kernels=[3, 3], conv_strides=[2, 1], dense=[16])
 
@@ -81,7 +80,7 @@ def test_mlp_and_listconfig():
 
 def lowered_update(dtype: str):
     """The lowered loss gradient (forward and backward) of a small CNN and its parameters."""
-    from dqn_jax.learner import q_loss
+    from dqn_jax.algorithms.hvass.optimise import q_loss
 
     network = make_network(NetworkConfig(dtype=dtype, **SMALL), num_actions=3)
     images = jnp.full((2, 12, 10, 2), 128, jnp.uint8)
@@ -139,7 +138,7 @@ def test_input_scale_raw_feeds_pixels_as_the_tutorial_did():
     import numpy as np
 
     from dqn_jax.config import NetworkConfig
-    from dqn_jax.networks import make_network
+    from dqn_jax.core.networks import make_network
 
     small = dict(conv_features=[4], conv_kernels=[3], conv_strides=[4], dense=[8])
     unit = make_network(NetworkConfig(**small), 3)

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dqn_jax import display, logs, pictures, probe
+from dqn_jax.analyze import pictures, probe
+from dqn_jax.analyze import video as display
 from dqn_jax.config import EnvConfig, NetworkConfig
+from dqn_jax.core.motion import init_tracer, trace
+from dqn_jax.core.networks import make_network
+from dqn_jax.core.schedules import ControlSignals
 from dqn_jax.envs import make_games
-from dqn_jax.motion import init_tracer, trace
-from dqn_jax.networks import make_network
-from dqn_jax.schedules import ControlSignals
+from dqn_jax.runner import logs
 from tests.conftest import compose_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # ffmpeg: fork, then exec

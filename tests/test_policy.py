@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dqn_jax.policy import epsilon_greedy
+from dqn_jax.core.policy import epsilon_greedy
 
 
 def test_epsilon_zero_is_greedy():

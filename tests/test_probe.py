@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from dqn_jax import analyze, probe
+from dqn_jax.analyze import command as analyze
+from dqn_jax.analyze import probe
+from dqn_jax.analyze.saved_run import SavedRun
 from dqn_jax.config import num_envs
 from dqn_jax.envs import make_games
-from dqn_jax.saved_run import SavedRun
 from tests.conftest import TINY, run_app
 
 DISCOUNT = 0.9

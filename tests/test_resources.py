@@ -1,4 +1,4 @@
-"""dqn_jax.resources: the run's memory need, from shapes, against what is free."""
+"""dqn_jax.runner.resources: the run's memory need, from shapes, against what is free."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from dqn_jax import memory as replay
 from dqn_jax.config import ConfigError, MemoryConfig, NetworkConfig
-from dqn_jax.networks import make_network
-from dqn_jax.resources import NETWORK_COPIES, USABLE_SHARE, Need, check_fits, estimate
+from dqn_jax.core import replay
+from dqn_jax.core.networks import make_network
+from dqn_jax.runner.resources import NETWORK_COPIES, USABLE_SHARE, Need, check_fits, estimate
 
 STATE = (105, 80, 2)
 

@@ -1,4 +1,4 @@
-"""dqn_jax.resume: a resumed run's logs hold each step once, on a real MLflow store."""
+"""dqn_jax.runner.resume: a resumed run's logs hold each step once, on a real MLflow store."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from dqn_jax import resume, tracking
+from dqn_jax import tracking
+from dqn_jax.runner import resume
 
 
 @pytest.fixture

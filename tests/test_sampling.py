@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dqn_jax import memory as replay
-from dqn_jax import sampling
+from dqn_jax.algorithms.hvass import sampling
+from dqn_jax.core import replay
 
 prepare = jax.jit(sampling.prepare_sampling, static_argnums=4)
 sample = jax.jit(sampling.sample_batch, static_argnums=2)

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import pytest
 
 from dqn_jax.config import ScheduleConfig, SignalConfig
-from dqn_jax.schedules import ControlSignals, linear_signal
+from dqn_jax.core.schedules import ControlSignals, linear_signal
 
 
 def test_linear_signal_hand_values():

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dqn_jax import spool
-from dqn_jax.sender import RETRY_SECONDS
+from dqn_jax.tracking import journal as spool
+from dqn_jax.tracking.sender import RETRY_SECONDS
 from tests.conftest import (
     CART,
     app_env,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dqn_jax.interrupts import STOP_TAG
+from dqn_jax.runner.interrupts import STOP_TAG
 from tests.conftest import (
     CART,
     TINY,

@@ -292,7 +292,7 @@ def test_sweep_parent_run_id_comes_from_the_environment(monkeypatch):
 def test_the_ui_addresses_open_the_training_runs(root, client, tmp_path, capsys):
     """MLflow 3's UI opens an experiment on GenAI traces unless told workflowType=machine_learning
     (checked in headless Chromium: the runs and their charts; see docs/tracking.md)."""
-    from dqn_jax import ui
+    from dqn_jax.tracking import ui
 
     tracker = start_tracker(make_cfg(root, logger__experiment="ui-check"), tmp_path, run_name="r")
     tracker.finish()

@@ -1,0 +1,216 @@
+"""DQN and Double DQN beside the tutorial's method (``algorithm=dqn``, ``algorithm=double_dqn``).
+
+The Nature DQN (Mnih et al. 2015) and Double DQN (van Hasselt et al. 2016) share the
+games, state encodings, networks, acting step, memory storage, checkpoints, tracking
+and test mode with the tutorial's method. What is theirs:
+
+* the replay memory is circular (``ReplayMemory.circular``) and kept across updates; a
+  transition is a row of one game and the next row of the same game;
+* after ``warmup`` states, one gradient step every ``train_every`` states on a uniform
+  batch: the Huber loss of Q(s, a) against r + discount * V(s'), V from a target network
+  (Double DQN: the action of the online network, the value of the target network);
+* the target network is a copy of the network taken every ``target_copy_every`` steps.
+
+:func:`sample_transitions` and :func:`td_targets` are pure; :class:`Update` jits one
+gradient step (sample, targets, loss, optimiser, target copy) once. :class:`Dqn` is the
+algorithm (:mod:`dqn_jax.algorithms.base`): it learns while it plays, and a cycle of
+``report_every`` states is what it reports and the training loop checkpoints. The
+memory is not checkpointed (GBs for each checkpoint): a resumed run fills it again
+and warms up before its next step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dqn_jax.algorithms.base import Algorithm, Hooks, MemorySpec, Report, counter
+from dqn_jax.core import replay
+from dqn_jax.core.training import TrainState, set_learning_rate
+
+
+@flax.struct.dataclass
+class TargetTrainState(TrainState):
+    target_params: dict  # the target network's variables: a copy of params, refreshed every C steps
+
+
+def with_target(state: TrainState) -> TargetTrainState:
+    """``state`` with a target network equal to its network (a copy, not shared buffers)."""
+    return TargetTrainState(params=state.params, opt_state=state.opt_state, updates=state.updates,
+                            target_params=jax.tree_util.tree_map(jnp.copy, state.params))
+
+
+class Transitions(NamedTuple):
+    states: jax.Array  # (B, ...) the state a decision was taken in
+    actions: jax.Array  # int32 (B,)
+    rewards: jax.Array  # float32 (B,), clipped
+    terminal: jax.Array  # bool (B,): a life or the episode ended (no value after it)
+    next_states: jax.Array  # (B, ...) the same game's next state
+
+
+def sample_transitions(key, memory: replay.ReplayMemory, batch_size: int) -> Transitions:
+    """A uniform batch (with replacement, as the paper) of the memory's complete transitions.
+
+    A row's transition is complete when its outcome is recorded and the next row holds
+    the next state: positions count-n .. count-1 with n = min(count, rows - 1), where
+    ``count`` rows are closed and row ``count`` holds the states just decided on (the
+    row before the oldest was overwritten by them). Needs ``count`` >= 1.
+    """
+    back_key, game_key = jax.random.split(key)
+    available = jnp.minimum(memory.count, memory.rows - 1)
+    position = memory.count - 1 - jax.random.randint(back_key, (batch_size,), 0, available)
+    row, next_row = position % memory.rows, (position + 1) % memory.rows
+    game = jax.random.randint(game_key, (batch_size,), 0, memory.num_games)
+    return Transitions(memory.states[row, game], memory.actions[row, game], memory.rewards[row, game],
+                       memory.end_life[row, game] | memory.end_episode[row, game],
+                       memory.states[next_row, game])
+
+
+def td_targets(rewards, terminal, next_q_target, next_q_online, discount, double: bool) -> jax.Array:
+    """r + discount * V(s'), 0 after a terminal: V = max_a Q_target(s', a) (DQN), or
+    Q_target(s', argmax_a Q_online(s', a)) (Double DQN)."""
+    if double:
+        best = jnp.argmax(next_q_online, axis=-1)
+        next_value = jnp.take_along_axis(next_q_target, best[:, None], axis=-1)[:, 0]
+    else:
+        next_value = jnp.max(next_q_target, axis=-1)
+    return rewards + discount * jnp.where(terminal, 0.0, next_value)
+
+
+def huber_td_loss(q, actions, targets, delta: float) -> tuple[jax.Array, jax.Array]:
+    """The mean Huber loss of Q(s, a) against ``targets`` (quadratic within ``delta``, the
+    paper's error clipping); returns (loss, Q(s, a))."""
+    taken = jnp.take_along_axis(q, actions[:, None], axis=-1)[:, 0]
+    return jnp.mean(optax.huber_loss(taken, targets, delta=delta)), taken
+
+
+class Stats(NamedTuple):
+    """Sums over a cycle's gradient steps, kept on the device (no host sync per step)."""
+
+    loss: jax.Array
+    q: jax.Array  # sum of the batch means of Q(s, a)
+    q_min: jax.Array
+    q_max: jax.Array
+    count: jax.Array  # gradient steps summed
+
+    @classmethod
+    def zeros(cls) -> Stats:
+        f32 = jnp.float32
+        return cls(jnp.zeros((), f32), jnp.zeros((), f32), jnp.full((), jnp.inf, f32),
+                   jnp.full((), -jnp.inf, f32), jnp.zeros((), jnp.int32))
+
+
+class Update:
+    """One DQN gradient step, jitted once; ``train_state`` and ``stats`` are donated."""
+
+    def __init__(self, network, optimizer, *, batch_size: int, discount: float, huber_delta: float,
+                 double: bool, target_copy_every: int):
+        self.network, self.optimizer, self.batch_size = network, optimizer, int(batch_size)
+        self.discount, self.huber_delta, self.double = float(discount), float(huber_delta), bool(double)
+        self.target_copy_every = int(target_copy_every)
+        self._jit = jax.jit(self._step, donate_argnums=(0, 1))
+
+    def __call__(self, train_state: TargetTrainState, stats: Stats, memory, key, learning_rate):
+        """Returns (train_state, stats, key)."""
+        return self._jit(train_state, stats, memory, key, learning_rate)
+
+    def _step(self, state: TargetTrainState, stats: Stats, memory, key, learning_rate):
+        key, pick = jax.random.split(key)
+        batch = sample_transitions(pick, memory, self.batch_size)
+        apply = self.network.apply
+        next_online = apply(state.params, batch.next_states) if self.double else None
+        targets = td_targets(batch.rewards, batch.terminal, apply(state.target_params, batch.next_states),
+                             next_online, self.discount, self.double)
+
+        def loss_fn(params):
+            return huber_td_loss(apply(params, batch.states), batch.actions, jax.lax.stop_gradient(targets),
+                                 self.huber_delta)
+
+        (loss, taken), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        opt_state = set_learning_rate(state.opt_state, learning_rate)
+        updates, opt_state = self.optimizer.update(grads, opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        count = state.updates + 1
+        target = jax.lax.cond(count % self.target_copy_every == 0, lambda: params, lambda: state.target_params)
+        stats = Stats(stats.loss + loss, stats.q + jnp.mean(taken), jnp.minimum(stats.q_min, jnp.min(taken)),
+                      jnp.maximum(stats.q_max, jnp.max(taken)), stats.count + 1)
+        return TargetTrainState(params, opt_state, count, target), stats, key
+
+
+@flax.struct.dataclass
+class DqnState:
+    """All DQN carries between steps; the checkpoint holds it whole."""
+
+    train: TargetTrainState
+    stats: Stats  # the cycle's gradient steps so far (reset when the cycle is reported)
+    recorded: np.ndarray  # int32: states in the memory since it was emptied
+    credit: np.ndarray  # int32: states recorded after the warm-up and not yet trained on
+
+
+class Dqn(Algorithm):
+    """DQN or Double DQN: a gradient step every ``train_every`` states after ``warmup``."""
+
+    extra_network_copies = 1  # the target network
+
+    def __init__(self, update: Update, memory: MemorySpec, signals, *, warmup: int, train_every: int,
+                 report_every: int):
+        self.update, self.memory, self.signals = update, memory, signals
+        self.warmup, self.train_every, self.report_every = int(warmup), int(train_every), int(report_every)
+        self._learning_rate = None  # the cycle's, fixed when it starts (a float, and on the device)
+        self._learning_rate_array = None
+
+    @classmethod
+    def from_config(cls, cfg, parts, memory: MemorySpec, signals) -> Dqn:
+        algo = cfg.algorithm
+        update = Update(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
+                        discount=cfg.memory.discount, huber_delta=algo.huber_delta,
+                        double=algo.name == "double_dqn", target_copy_every=algo.target_copy_every)
+        return cls(update, memory, signals, warmup=algo.warmup, train_every=algo.train_every,
+                   report_every=algo.report_every)
+
+    def init(self, train_state: TrainState) -> DqnState:
+        return DqnState(with_target(train_state), Stats.zeros(), counter(0), counter(0))
+
+    def empty_memory(self, state: DqnState):
+        spec = self.memory
+        memory = replay.init_memory(spec.rows, spec.games, spec.shape, spec.dtype, spec.num_actions, circular=True)
+        return state.replace(recorded=counter(0)), memory
+
+    def cycle_rows(self, state: DqnState, states: int) -> int:
+        self._learning_rate = self.signals.values(states)["learning_rate"]
+        self._learning_rate_array = jnp.float32(self._learning_rate)
+        return math.ceil(self.report_every / self.memory.games)
+
+    def recorded(self, state: DqnState, games: int) -> DqnState:
+        recorded = int(state.recorded) + games
+        held = recorded > max(self.warmup, games)  # a complete transition is held
+        return state.replace(recorded=counter(recorded), credit=counter(state.credit + games) if held else state.credit)
+
+    def ready(self, state: DqnState, cycle_over: bool) -> bool:
+        return bool(state.credit >= self.train_every)
+
+    def learn(self, state: DqnState, memory, key, states: int, hooks: Hooks):
+        """One gradient step (on the device; nothing is read back)."""
+        train, stats, key = self.update(state.train, state.stats, memory, key, self._learning_rate_array)
+        return state.replace(train=train, stats=stats, credit=counter(state.credit - self.train_every)), memory, key, None
+
+    def report(self, state: DqnState, figures, *, played_states: int, states: int, cycle: int):
+        stats = jax.device_get(state.stats)
+        count = int(stats.count)
+        metrics = {"cycle/iterations": float(count), "cycle/learning_rate": self._learning_rate,
+                   "cycle/updates": float(state.train.updates),
+                   "memory/states": float(min(int(state.recorded), self.memory.rows * self.memory.games))}
+        loss, checks = None, {}  # a cycle of the warm-up took no step: only the network is checked
+        if count:
+            loss = float(stats.loss) / count
+            metrics.update({"cycle/loss": loss, "q/mean": float(stats.q) / count,
+                            "q/min": float(stats.q_min), "q/max": float(stats.q_max)})
+            checks = {"batch loss": loss, "batch Q-value min": metrics["q/min"], "batch Q-value max": metrics["q/max"]}
+        report = Report(metrics, checks, {"learning_rate": self._learning_rate}, loss)
+        return state.replace(stats=Stats.zeros()), report

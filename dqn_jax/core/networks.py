@@ -1,0 +1,142 @@
+"""Q-networks as Flax linen modules: state in, one Q-value per action out.
+
+Three shapes, chosen by ``config.NetworkConfig.name``:
+
+* ``hvass``: the tutorial's network, small 3x3 convolutions with SAME padding followed
+  by a stack of wide dense layers (most parameters sit in the first dense layer);
+* ``nature``: a Nature-DQN style CNN (VALID padding), layer sizes from the config;
+* ``mlp``: dense layers only, for vector observations such as CartPole's.
+
+Images arrive as uint8 and become floats inside the network, so the replay memory
+never holds a float copy. ``input_scale`` says how: "unit" divides them by 255 (values
+in [0, 1], the usual choice and the default), "raw" keeps 0-255 as the tutorial fed them. ``dtype`` sets the compute precision; parameters are
+kept in float32 and the Q-values are always returned as float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _kernel_init(stddev: float):
+    """Truncated normal with the given stddev; Flax's default (lecun normal) if stddev <= 0."""
+    if stddev > 0:
+        return nn.initializers.truncated_normal(stddev=stddev)
+    return nn.linear.default_kernel_init
+
+
+INPUT_SCALES = {"unit": 1.0 / 255.0, "raw": 1.0}  # what uint8 pixels are multiplied by
+
+
+def _prepare_input(x: jax.Array, dtype, input_scale: str) -> jax.Array:
+    """uint8 images become floats (scaled by ``INPUT_SCALES``); float inputs are used as they are."""
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        return x.astype(dtype) * jnp.asarray(INPUT_SCALES[input_scale], dtype)
+    return x.astype(dtype)
+
+
+def _dense_stack(x, sizes: Sequence[int], num_actions: int, init, dtype) -> jax.Array:
+    """Hidden dense layers with ReLU, then a linear output layer, Q-values in float32."""
+    for size in sizes:
+        x = nn.relu(nn.Dense(size, kernel_init=init, bias_init=nn.initializers.zeros, dtype=dtype)(x))
+    q = nn.Dense(num_actions, kernel_init=init, bias_init=nn.initializers.zeros, dtype=dtype)(x)
+    return q.astype(jnp.float32)
+
+
+class _ConvQNetwork(nn.Module):
+    """Convolutions, flatten, dense layers; the two CNNs differ only in padding."""
+
+    num_actions: int
+    conv_features: tuple[int, ...] = (16, 32, 64)
+    conv_kernels: tuple[int, ...] = (3, 3, 3)
+    conv_strides: tuple[int, ...] = (2, 2, 1)
+    dense: tuple[int, ...] = (1024, 1024, 1024, 1024)
+    init_stddev: float = 0.02
+    dtype: str = "float32"
+    input_scale: str = "unit"
+    padding = "SAME"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = _DTYPES[self.dtype]
+        init = _kernel_init(self.init_stddev)
+        x = _prepare_input(x, dtype, self.input_scale)
+        for features, kernel, stride in zip(
+            self.conv_features, self.conv_kernels, self.conv_strides, strict=True
+        ):
+            x = nn.Conv(
+                features,
+                kernel_size=(kernel, kernel),
+                strides=(stride, stride),
+                padding=self.padding,
+                kernel_init=init,
+                bias_init=nn.initializers.zeros,
+                dtype=dtype,
+            )(x)
+            x = nn.relu(x)
+        x = x.reshape((x.shape[0], -1))
+        return _dense_stack(x, self.dense, self.num_actions, init, dtype)
+
+
+class HvassQNetwork(_ConvQNetwork):
+    """The tutorial's network: 3x3 convolutions with SAME padding, then wide dense layers."""
+
+    padding = "SAME"
+
+
+class NatureQNetwork(_ConvQNetwork):
+    """A Nature-DQN style CNN: VALID padding; set 32/64/64, 8/4/3, 4/2/1, dense 512 for the paper's."""
+
+    padding = "VALID"
+
+
+class MLPQNetwork(nn.Module):
+    """Dense layers with ReLU and a linear output, for vector observations."""
+
+    num_actions: int
+    dense: tuple[int, ...] = (64, 64)
+    init_stddev: float = 0.0
+    dtype: str = "float32"
+    input_scale: str = "unit"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = _DTYPES[self.dtype]
+        x = _prepare_input(x, dtype, self.input_scale).reshape((x.shape[0], -1))
+        return _dense_stack(x, self.dense, self.num_actions, _kernel_init(self.init_stddev), dtype)
+
+
+def _ints(values) -> tuple[int, ...]:
+    """Config lists (possibly omegaconf ListConfig) as a hashable tuple of ints."""
+    return tuple(int(v) for v in values)
+
+
+def make_network(cfg, num_actions: int) -> nn.Module:
+    """The network named by ``cfg.name`` ("hvass", "nature" or "mlp") from a ``NetworkConfig``."""
+    common = dict(
+        num_actions=int(num_actions),
+        dense=_ints(cfg.dense),
+        init_stddev=float(cfg.init_stddev),
+        dtype=str(cfg.dtype),
+        input_scale=str(cfg.input_scale),
+    )
+    if cfg.dtype not in _DTYPES:
+        raise ValueError(f"network dtype {cfg.dtype!r} is not one of {sorted(_DTYPES)}")
+    if cfg.name == "mlp":
+        return MLPQNetwork(**common)
+    convs = dict(
+        conv_features=_ints(cfg.conv_features),
+        conv_kernels=_ints(cfg.conv_kernels),
+        conv_strides=_ints(cfg.conv_strides),
+    )
+    if cfg.name == "hvass":
+        return HvassQNetwork(**common, **convs)
+    if cfg.name == "nature":
+        return NatureQNetwork(**common, **convs)
+    raise ValueError(f"unknown network {cfg.name!r}; choose hvass, nature or mlp")
