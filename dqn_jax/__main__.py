@@ -74,10 +74,28 @@ def _allowed_keys(schema_name: str) -> str:
     return "; allowed keys: " + ", ".join(f.name for f in dataclasses.fields(node))
 
 
+def _other_algorithms(key: str) -> str:
+    """Which algorithms have ``algorithm.<key>``, for a key given to one that has not."""
+    owners = [name for name, schema in config_module.ALGORITHM_SCHEMAS.items()
+              if key in {f.name for f in dataclasses.fields(schema)}]
+    return f"; algorithm.{key} is a setting of algorithm={' or '.join(owners)}" if owners else ""
+
+
 # Keys that were renamed: the old name gets a hint to the new one.
 RENAMED = {
-    "memory.sweep": "memory.target_method (auto, associative or scan)",
+    "memory.sweep": "algorithm.target_method (auto, associative or scan)",
     "env.motion_trace": "env.encoding (motion_trace, frame_stack or frame)",
+    # each algorithm's own settings moved into its group, the optimiser's into optimizer.*
+    "memory.target_method": "algorithm.target_method (algorithm=hvass)",
+    "memory.discount": "algorithm.discount",
+    "memory.error_threshold": "algorithm.error_threshold (algorithm=hvass)",
+    "memory.min_high_error_share": "algorithm.min_high_error_share (algorithm=hvass)",
+    "schedule.min_epochs": "algorithm.min_epochs (algorithm=hvass)",
+    "schedule.loss_window": "algorithm.loss_window (algorithm=hvass)",
+    "schedule.rmsprop_decay": "optimizer.decay",
+    "schedule.rmsprop_eps": "optimizer.eps",
+    "schedule.rmsprop_initial_scale": "optimizer.initial_scale",
+    "schedule.rmsprop_centered": "optimizer.centered",
 }
 
 
@@ -100,6 +118,8 @@ def one_line(text: str) -> str:
     renamed = re.search(r"full_key: ([\w.]+)", message)
     if renamed and renamed.group(1) in RENAMED:
         message = f"{renamed.group(1)} was renamed; use {RENAMED[renamed.group(1)]}"
+    elif renamed and renamed.group(1).startswith("algorithm."):
+        message += _other_algorithms(renamed.group(1).removeprefix("algorithm."))
     return f"dqn_jax: error: {message}"
 
 

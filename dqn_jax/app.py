@@ -97,10 +97,16 @@ def _start_tracker(cfg, run_dir: Path, games, counters: Counters, algorithm):
     if counters.states:
         tracker.set_tags({"dqn_jax.resumed_at_states": str(counters.states)})
     else:
-        params = {name: value for name, value in tracking.flatten_config(cfg).items()
-                  if not _unread_signal(name, algorithm)}
-        tracker.log_params({**params, "derived.num_envs": games.num_envs, "derived.num_actions": games.num_actions})
+        tracker.log_params(run_params(cfg, games, algorithm))
     return tracker
+
+
+def run_params(cfg, games, algorithm) -> dict[str, str]:
+    """A training run's MLflow params: its config (only the chosen algorithm's group, and only
+    the control signals it reads) and the values derived from the games."""
+    params = {name: value for name, value in tracking.flatten_config(cfg).items()
+              if not _unread_signal(name, algorithm)}
+    return {**params, "derived.num_envs": str(games.num_envs), "derived.num_actions": str(games.num_actions)}
 
 
 def _unread_signal(param: str, algorithm) -> bool:

@@ -10,7 +10,8 @@ shape) are computed by functions here and never written back into the config.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -54,18 +55,11 @@ class EnvConfig:
 
 @dataclass
 class MemoryConfig:
-    """The replay memory, its backward sweep and error-split sampling."""
+    """The replay memory every algorithm records into."""
 
     size: int = 200_000  # states held (all games together)
-    discount: float = 0.97
-    batch_size: int = 128
-    error_threshold: float = 0.1  # errors below this are "low error"
-    min_high_error_share: float = 0.5  # high-error share of a batch is at least this
+    batch_size: int = 128  # states per gradient step
     reward_clip: float = 1.0  # rewards stored clipped to [-reward_clip, reward_clip]
-    # How the backward sweep recomputes the Q-targets. "auto": "scan" on a CPU (where it
-    # is ~1.5x faster), "associative" on a GPU or TPU; "associative" (parallel, exact) or
-    # "scan" (sequential) force one.
-    target_method: str = "auto"
 
 
 @dataclass
@@ -86,7 +80,8 @@ class NetworkConfig:
 
 @dataclass
 class ScheduleConfig:
-    """The five linear control signals, the test epsilon and the optimiser constants."""
+    """The five linear control signals and the test epsilon. An algorithm reads the ones it
+    needs (DQN: epsilon and the learning rate); only those are logged as its params."""
 
     epsilon: SignalConfig = field(default_factory=lambda: SignalConfig(1.0, 0.1, 1e6))
     epsilon_test: float = 0.01
@@ -94,26 +89,53 @@ class ScheduleConfig:
     loss_limit: SignalConfig = field(default_factory=lambda: SignalConfig(0.1, 0.015, 5e6))
     max_epochs: SignalConfig = field(default_factory=lambda: SignalConfig(5.0, 10.0, 5e6))
     replay_fraction: SignalConfig = field(default_factory=lambda: SignalConfig(0.1, 1.0, 5e6))
-    min_epochs: float = 1.0
-    loss_window: int = 100  # batches averaged for the loss-limit stop
-    rmsprop_decay: float = 0.9
-    rmsprop_eps: float = 1e-10
-    rmsprop_initial_scale: float = 1.0
-    rmsprop_centered: bool = False  # divide by the gradient's variance, not its second moment
 
 
 @dataclass
-class AlgorithmConfig:
-    """How the agent learns. "hvass": the tutorial's learning cycles (memory, schedule);
-    "dqn" and "double_dqn": the Nature DQN, with the paper's values as defaults here and
-    in conf/algorithm/dqn.yaml (discount, batch, RMSProp, learning rate)."""
+class OptimizerConfig:
+    """The optimiser of every gradient step (its learning rate is ``schedule.learning_rate``):
+    RMSProp as TensorFlow 1 defined it, the tutorial's."""
 
-    name: str = "hvass"  # "hvass", "dqn" or "double_dqn"
-    warmup: int = 50_000  # dqn: states recorded before the first gradient step
-    train_every: int = 4  # dqn: states recorded per gradient step
-    target_copy_every: int = 10_000  # dqn: gradient steps between copies into the target network
-    huber_delta: float = 1.0  # dqn: the Huber loss is quadratic within this TD error
-    report_every: int = 50_000  # dqn: states between logged cycles (and checkpoints)
+    name: str = "rmsprop"
+    decay: float = 0.9
+    eps: float = 1e-10  # added to the mean square inside the square root
+    initial_scale: float = 1.0  # the mean square's start (TensorFlow 1: 1.0)
+    centered: bool = False  # divide by the gradient's variance, not its second moment
+
+
+@dataclass
+class HvassConfig:
+    """``algorithm=hvass``, the tutorial's method: fill the memory, recompute its Q-targets by
+    the backward sweep, optimise on error-split batches in epochs until the loss limit."""
+
+    name: str = "hvass"
+    discount: float = 0.97
+    # How the backward sweep recomputes the Q-targets. "auto": "scan" on a CPU (where it
+    # is ~1.5x faster), "associative" on a GPU or TPU; "associative" (parallel, exact) or
+    # "scan" (sequential) force one.
+    target_method: str = "auto"
+    error_threshold: float = 0.1  # errors below this are "low error"
+    min_high_error_share: float = 0.5  # high-error share of a batch is at least this
+    min_epochs: float = 1.0  # epochs before the loss-limit stop may end a cycle
+    loss_window: int = 100  # batches averaged for the loss-limit stop
+
+
+@dataclass
+class DqnConfig:
+    """``algorithm=dqn`` and ``double_dqn``, the Nature DQN: the paper's values are the
+    defaults here and in conf/algorithm/dqn.yaml (batch, optimiser, learning rate)."""
+
+    name: str = "dqn"  # "dqn" or "double_dqn"
+    discount: float = 0.99
+    warmup: int = 50_000  # states recorded before the first gradient step
+    train_every: int = 4  # states recorded per gradient step
+    target_copy_every: int = 10_000  # gradient steps between copies into the target network
+    huber_delta: float = 1.0  # the Huber loss is quadratic within this TD error
+    report_every: int = 50_000  # states between logged cycles (and checkpoints)
+
+
+# Each algorithm's typed group: conf/algorithm/<name>.yaml starts from its schema.
+ALGORITHM_SCHEMAS = {"hvass": HvassConfig, "dqn": DqnConfig, "double_dqn": DqnConfig}
 
 
 @dataclass
@@ -131,7 +153,7 @@ class LoggerConfig:
 class FaultsConfig:
     """When a run that stays finite counts as diverged (:mod:`dqn_jax.runner.faults`)."""
 
-    # Q-values and targets may reach q_factor x memory.reward_clip / (1 - memory.discount),
+    # Q-values and targets may reach q_factor x memory.reward_clip / (1 - algorithm.discount),
     # the largest discounted sum of clipped rewards; null: no bound on them
     q_factor: float | None = 10.0
     q_bound: float | None = None  # an explicit bound on |Q| instead of the one q_factor gives
@@ -162,7 +184,8 @@ class Config:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    algorithm: Any = MISSING  # an HvassConfig or a DqnConfig (ALGORITHM_SCHEMAS), by algorithm=
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
@@ -187,17 +210,34 @@ class Config:
 
 
 def register_configs() -> None:
-    """Register the schema so ``conf/config.yaml`` can build on it."""
-    ConfigStore.instance().store(name="config_schema", node=Config)
+    """Register the schemas so ``conf/config.yaml`` and ``conf/algorithm/*.yaml`` build on them."""
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    for name, schema in ALGORITHM_SCHEMAS.items():
+        store.store(group="schema/algorithm", name=name, node=schema, package="algorithm")
 
 
-SIGNALS = ("epsilon", "learning_rate", "loss_limit", "max_epochs", "replay_fraction")
+def from_yaml(data) -> Config:
+    """A :class:`Config` from a resolved config (a run's ``config.yaml``), each group typed by its
+    schema; raises ConfigError when it does not fit them."""
+    from omegaconf import OmegaConf
+
+    name = OmegaConf.select(data, "algorithm.name")
+    if name not in ALGORITHM_SCHEMAS:
+        raise ConfigError(f"algorithm.name={name!r} is not allowed; choose one of {', '.join(ALGORITHM_SCHEMAS)}")
+    schema = OmegaConf.structured(Config)
+    schema.algorithm = OmegaConf.structured(ALGORITHM_SCHEMAS[name])
+    return OmegaConf.to_object(OmegaConf.merge(schema, data))
+
+
+SIGNALS = tuple(f.name for f in fields(ScheduleConfig) if f.type in (SignalConfig, "SignalConfig"))
 CHOICES = {
     "mode": ("train", "test"),
-    "algorithm.name": ("hvass", "dqn", "double_dqn"),
+    "algorithm.name": tuple(ALGORITHM_SCHEMAS),
+    "algorithm.target_method": ("auto", "associative", "scan"),
+    "optimizer.name": ("rmsprop",),
     "env.kind": ("atari", "gymnasium"),
     "env.encoding": ("motion_trace", "frame_stack", "frame"),
-    "memory.target_method": ("auto", "associative", "scan"),
     "network.name": ("hvass", "nature", "mlp"),
     "network.dtype": ("float32", "bfloat16"),
     "network.input_scale": ("unit", "raw"),
@@ -216,25 +256,31 @@ def check_missing(cfg) -> None:
         raise ConfigError(f"{keys} has no value; set it on the command line, e.g. {missing[0]}=...")
 
 
+_ABSENT = object()
+
+
 def _get(cfg, dotted: str):
+    """The value at ``dotted``; ``_ABSENT`` for a key of another algorithm's group."""
     for part in dotted.split("."):
-        cfg = getattr(cfg, part)
+        cfg = getattr(cfg, part, _ABSENT)
+        if cfg is _ABSENT:
+            return _ABSENT
     return cfg
 
 
 POSITIVE = ("memory.size", "memory.batch_size", "memory.reward_clip", "env.frameskip", "env.height",
             "env.width", "env.stack_size", "checkpoint.keep", "env.num_envs", "episodes", "video_episodes", "steps",
-            "schedule.min_epochs", "schedule.loss_window", "logger.flush_seconds",
+            "algorithm.min_epochs", "algorithm.loss_window", "logger.flush_seconds",
             "algorithm.train_every", "algorithm.target_copy_every", "algorithm.huber_delta",
             "algorithm.report_every", "stop_grace_seconds", "faults.q_factor", "faults.q_bound",
             "faults.loss_window",
             *(f"schedule.{name}.span" for name in SIGNALS))
-NOT_NEGATIVE = ("memory.error_threshold", "schedule.rmsprop_eps", "schedule.rmsprop_initial_scale",
+NOT_NEGATIVE = ("algorithm.error_threshold", "optimizer.eps", "optimizer.initial_scale",
                 "algorithm.warmup", "test_episodes_after_training",
                 "env.trace_threshold", "faults.loss_after",
                 *(f"schedule.{name}.{end}" for name in SIGNALS for end in ("start", "end")))
-UNIT_INTERVAL = ("memory.discount", "memory.min_high_error_share", "env.repeat_action_probability",
-                 "env.trace_decay", "schedule.epsilon_test", "schedule.rmsprop_decay",
+UNIT_INTERVAL = ("algorithm.discount", "algorithm.min_high_error_share", "env.repeat_action_probability",
+                 "env.trace_decay", "schedule.epsilon_test", "optimizer.decay",
                  "schedule.epsilon.start", "schedule.epsilon.end", "schedule.replay_fraction.start",
                  "schedule.replay_fraction.end")
 
@@ -243,15 +289,14 @@ def validate(cfg) -> None:
     """Check what the types cannot; raise ConfigError with a one-line message."""
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
-        if value not in allowed:
+        if value is not _ABSENT and value not in allowed:
             raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
     _check_ranges(cfg)
-    if cfg.schedule.max_epochs.start < cfg.schedule.min_epochs or (
-        cfg.schedule.max_epochs.end < cfg.schedule.min_epochs
-    ):
+    min_epochs = _get(cfg, "algorithm.min_epochs")
+    if min_epochs is not _ABSENT and min(cfg.schedule.max_epochs.start, cfg.schedule.max_epochs.end) < min_epochs:
         raise ConfigError(
             f"schedule.max_epochs (start {cfg.schedule.max_epochs.start}, end "
-            f"{cfg.schedule.max_epochs.end}) must not be below schedule.min_epochs={cfg.schedule.min_epochs}"
+            f"{cfg.schedule.max_epochs.end}) must not be below algorithm.min_epochs={min_epochs}"
         )
     _check_network(cfg.network, cfg.env.kind)
     games = num_envs(cfg.env)
@@ -275,12 +320,12 @@ def validate(cfg) -> None:
 def _check_ranges(cfg) -> None:
     for key in (*POSITIVE, *NOT_NEGATIVE):
         value = _get(cfg, key)
-        if value is not None and (value < 0 or (value == 0 and key in POSITIVE)):
+        if value is not None and value is not _ABSENT and (value < 0 or (value == 0 and key in POSITIVE)):
             bound = "> 0" if key in POSITIVE else ">= 0"
             raise ConfigError(f"{key}={value} is out of range; it must be {bound}")
     for key in UNIT_INTERVAL:
         value = _get(cfg, key)
-        if not 0.0 <= value <= 1.0:
+        if value is not _ABSENT and not 0.0 <= value <= 1.0:
             raise ConfigError(f"{key}={value} is out of range; it must be in [0, 1]")
 
 

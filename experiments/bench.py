@@ -345,7 +345,7 @@ def bench_memory(quick: bool) -> None:
         start = time.perf_counter()
         returncode, stdout, stderr, peak = _run_app_rusage(
             [*TINY_NET, "memory.size=200000", f"env.num_envs={games}", "logger=none", f"steps={steps}",
-             "progress=false", "schedule.max_epochs.start=0.05", "schedule.min_epochs=0.05"],
+             "progress=false", "schedule.max_epochs.start=0.05", "algorithm.min_epochs=0.05"],
             Path(tmp), timeout=900)
         seconds = time.perf_counter() - start
         found = re.search(r"^\s*cycles\s+(\d+)", stdout, re.MULTILINE)

@@ -18,9 +18,8 @@ import time
 
 import jax
 import numpy as np
-from omegaconf import OmegaConf
 
-from dqn_jax.config import Config, NetworkConfig
+from dqn_jax.config import Config, HvassConfig, NetworkConfig
 from dqn_jax.core import replay
 from dqn_jax.core.acting import Player, state_spec
 from dqn_jax.core.networks import make_network
@@ -95,7 +94,7 @@ class AgentLoop:
 
 def measure(network: str, games_count: int, chunk: int, pairs: int) -> dict:
     """Alternate ``pairs`` chunks of ``chunk`` steps of the raw games and of the agent."""
-    cfg = OmegaConf.to_object(OmegaConf.structured(Config))
+    cfg = Config(algorithm=HvassConfig())
     raw_games = make_games(cfg.env, games_count, seed=0)
     agent_games = make_games(cfg.env, games_count, seed=0)
     raw = RawLoop(raw_games)

@@ -165,3 +165,23 @@ def test_test_mode_video_has_a_frame_per_step_and_is_logged_to_the_test_run(trai
     assert (np.abs(first.astype(int) - last.astype(int)) > 40).sum() > 100  # the game moved, not codec noise
     logged = {a.path for a in client.list_artifacts(test_run.info.run_id, "videos")}
     assert logged == {"videos/test-video-1.mp4", "videos/test-video-1.gif"}
+
+
+@pytest.mark.parametrize("name", ["hvass", "dqn", "double_dqn"])
+def test_a_run_logs_only_its_algorithms_settings_and_signals(name):
+    """The tutorial's keys are not a DQN run's params, nor DQN's a tutorial run's."""
+    from types import SimpleNamespace
+
+    from dqn_jax import algorithms, app
+    from tests.conftest import compose_config
+
+    cfg = compose_config([*TINY, f"algorithm={name}"])
+    params = app.run_params(cfg, SimpleNamespace(num_envs=2, num_actions=4), algorithms.ALGORITHMS[name])
+    tutorial = {"algorithm.error_threshold", "algorithm.min_epochs", "algorithm.target_method",
+                "schedule.loss_limit.start", "schedule.max_epochs.end", "schedule.replay_fraction.span"}
+    dqn = {"algorithm.warmup", "algorithm.train_every", "algorithm.target_copy_every", "algorithm.huber_delta"}
+    ours, theirs = (tutorial, dqn) if name == "hvass" else (dqn, tutorial)
+    assert ours <= set(params) and not theirs & set(params)
+    assert params["algorithm.name"] == name and params["schedule.epsilon.start"] == "1.0"
+    assert params["optimizer.centered"] == str(name != "hvass")  # DeepMind's RMSProp for DQN
+    assert (params["derived.num_envs"], params["derived.num_actions"]) == ("2", "4")

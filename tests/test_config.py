@@ -17,7 +17,7 @@ def test_defaults_are_the_tutorials():
     assert (cfg.env.game, cfg.env.kind, cfg.env.frameskip) == ("breakout", "atari", 4)
     assert cfg.env.repeat_action_probability == 0.25
     assert (cfg.env.height, cfg.env.width) == (105, 80)
-    assert cfg.memory.size == 200_000 and cfg.memory.discount == 0.97 and cfg.memory.batch_size == 128
+    assert cfg.memory.size == 200_000 and cfg.algorithm.discount == 0.97 and cfg.memory.batch_size == 128
     assert cfg.network.name == "hvass" and list(cfg.network.dense) == [1024] * 4
     s = cfg.schedule
     assert (s.epsilon.start, s.epsilon.end, s.epsilon.span) == (1.0, 0.1, 1e6)
@@ -75,7 +75,7 @@ def test_composition_rejects_bad_keys_types_and_options(override, message):
     "override, message",
     [
         (["memory.size=-1"], "memory.size=-1 is out of range"),
-        (["memory.discount=1.5"], r"memory.discount=1.5 is out of range; it must be in \[0, 1\]"),
+        (["algorithm.discount=1.5"], r"algorithm.discount=1.5 is out of range; it must be in \[0, 1\]"),
         (["network.name=resnet"], "network.name='resnet' is not allowed; choose one of hvass, nature, mlp"),
         (["mode=play"], "mode='play' is not allowed"),
         (["env.num_envs=4", "memory.size=6"], "memory.size=6 is too small for 4 games"),
@@ -120,9 +120,20 @@ def test_run_directory_is_stable_per_game_and_name(tmp_path):
 def test_the_dqn_group_holds_the_papers_settings_for_a_batch_mean_loss():
     cfg = compose_config(["algorithm=dqn"])
     s = cfg.schedule
-    assert (cfg.memory.discount, cfg.memory.batch_size) == (0.99, 32)
-    assert (s.learning_rate.start, s.learning_rate.end, s.rmsprop_decay) == (2.5e-4, 2.5e-4, 0.95)
-    assert s.rmsprop_centered and s.rmsprop_initial_scale == 0.0
+    assert (cfg.algorithm.discount, cfg.memory.batch_size) == (0.99, 32)
+    assert (s.learning_rate.start, s.learning_rate.end, cfg.optimizer.decay) == (2.5e-4, 2.5e-4, 0.95)
+    assert cfg.optimizer.centered and cfg.optimizer.initial_scale == 0.0
     # DeepMind added 0.01 to the mean square of a gradient summed over the batch; the
     # loss here is the batch's mean, so the gradient is batch_size times smaller
-    assert s.rmsprop_eps == pytest.approx(0.01 / cfg.memory.batch_size ** 2, rel=0.03)
+    assert cfg.optimizer.eps == pytest.approx(0.01 / cfg.memory.batch_size ** 2, rel=0.03)
+
+
+def test_the_registry_the_schemas_and_the_yaml_files_name_the_same_algorithms():
+    from dqn_jax import algorithms
+    from dqn_jax.config import ALGORITHM_SCHEMAS
+    from tests.conftest import group_options
+
+    assert set(algorithms.ALGORITHMS) == set(ALGORITHM_SCHEMAS) == set(group_options("algorithm"))
+    for name, schema in ALGORITHM_SCHEMAS.items():
+        cfg = compose_config([f"algorithm={name}"])
+        assert isinstance(cfg.algorithm, schema) and cfg.algorithm.name == name

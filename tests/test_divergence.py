@@ -18,11 +18,11 @@ SIGNALS = {"learning_rate": 1e4, "loss_limit": 0.1}
 
 def test_the_q_bound_is_the_factor_times_the_largest_discounted_sum_of_clipped_rewards():
     assert Limits.from_config(compose_config([])).q_bound == pytest.approx(10 * 1.0 / (1 - 0.97))  # 333.3
-    cfg = compose_config(["memory.reward_clip=2", "memory.discount=0.9", "faults.q_factor=5"])
+    cfg = compose_config(["memory.reward_clip=2", "algorithm.discount=0.9", "faults.q_factor=5"])
     assert Limits.from_config(cfg).q_bound == pytest.approx(5 * 2 / 0.1)
     assert Limits.from_config(compose_config(["faults.q_factor=null"])).q_bound is None
     assert Limits.from_config(compose_config(["faults.q_bound=50", "faults.q_factor=null"])).q_bound == 50
-    assert Limits.from_config(compose_config(["memory.discount=1"])).q_bound is None  # no finite sum
+    assert Limits.from_config(compose_config(["algorithm.discount=1"])).q_bound is None  # no finite sum
 
 
 def test_a_q_value_past_the_bound_either_side_stops_the_cycle_and_names_it():

@@ -20,12 +20,14 @@ BAD_INPUT = [
     (["memory.sise=5"], ["memory.sise", "allowed keys", "size"]),
     (["memory.size=abc"], ["memory.size=abc", "Integer"]),
     (["env=brekout"], ["env/brekout", "breakout", "spaceinvaders"]),
-    (["memory.discount=2"], ["memory.discount=2.0 is out of range", "[0, 1]"]),
+    (["algorithm.discount=2"], ["algorithm.discount=2.0 is out of range", "[0, 1]"]),
     (["network.name=resnet"], ["network.name='resnet'", "hvass, nature, mlp"]),
     (["env.game=brekout"], ["env.game='brekout'", "did you mean 'breakout'"]),
     (["mode=test", "name=never-trained"], ["no checkpoint to test"]),
     (["oops"], ["oops"]),
-    (["memory.sweep=scan"], ["memory.sweep was renamed; use memory.target_method"]),
+    (["memory.sweep=scan"], ["memory.sweep was renamed; use algorithm.target_method"]),
+    (["schedule.rmsprop_eps=0.1"], ["schedule.rmsprop_eps was renamed; use optimizer.eps"]),
+    (["algorithm.warmup=5"], ["Key 'warmup' not in 'HvassConfig'", "algorithm.warmup is a setting of algorithm=dqn or double_dqn"]),
 ]
 IDS = [" ".join(a) for a, _ in BAD_INPUT]
 
@@ -70,7 +72,7 @@ def test_the_console_script_finds_its_config(tmp_path):
     script = Path(sys.executable).with_name("dqn-jax")
     if not script.exists():
         pytest.skip("dqn_jax is not installed in this environment (make install)")
-    result = subprocess.run([str(script), f"paths.root={tmp_path}", "memory.discount=2", "logger=none"],
+    result = subprocess.run([str(script), f"paths.root={tmp_path}", "algorithm.discount=2", "logger=none"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300, env=app_env())
     assert_one_line_and_nothing_written(result.returncode, result.stderr, BAD_INPUT[3][1], tmp_path)
 

@@ -29,13 +29,12 @@ SMALL_CNN = {"network.name": "nature", "network.conv_features": [16, 32, 32], "n
 CARTPOLE = {
     "env.kind": "gymnasium", "env.gym_id": "CartPole-v1", "env.num_envs": 16, "network.name": "mlp",
     "network.dense": [256, 256], "steps": 300000, "seed": 0, "test_episodes_after_training": 20,
-    "memory.discount": 0.99, "schedule.epsilon.end": 0.02,
 }
 # What makes each recipe what it is (its YAML, and the tutorial's defaults it keeps).
 RECIPES = {
     "breakout_tutorial": {
         "env.game": "breakout", "network.name": "hvass", "network.conv_features": [16, 32, 64],
-        "network.dense": [1024] * 4, "memory.size": 200000, "memory.discount": 0.97,
+        "network.dense": [1024] * 4, "memory.size": 200000, "algorithm.discount": 0.97,
         "memory.batch_size": 128, "schedule.epsilon.start": 1.0, "schedule.epsilon.end": 0.1,
         "schedule.learning_rate.start": 1e-3, "schedule.learning_rate.end": 1e-5,
         "schedule.loss_limit.start": 0.1, "schedule.max_epochs.end": 10.0, "algorithm.name": "hvass",
@@ -47,15 +46,17 @@ RECIPES = {
         "schedule.max_epochs.start": 5.0, "name": "cpu_check",
     },
     "cartpole": {
-        **CARTPOLE, "algorithm.name": "hvass", "memory.size": 10000, "memory.error_threshold": 3.0,
-        "schedule.learning_rate.start": 1e-3, "schedule.max_epochs.start": 10.0, "name": "learns",
+        **CARTPOLE, "algorithm.name": "hvass", "memory.size": 10000, "algorithm.error_threshold": 3.0, "algorithm.discount": 0.99,
+        "schedule.epsilon.end": 0.02, "schedule.learning_rate.start": 1e-3, "schedule.max_epochs.start": 10.0, "name": "learns",
     },
     "cartpole_dqn": {
         **CARTPOLE, "algorithm.name": "dqn", "memory.size": 50000, "memory.batch_size": 128,
         "algorithm.warmup": 5000, "algorithm.target_copy_every": 100, "algorithm.huber_delta": 10.0,
         "schedule.learning_rate.start": 2.5e-4, "schedule.learning_rate.end": 1e-6,
-        "schedule.rmsprop_eps": 1e-5, "schedule.epsilon.span": 50000, "name": "learns-dqn",
+        "optimizer.eps": 1e-5, "optimizer.centered": True, "algorithm.discount": 0.99, "schedule.epsilon.end": 0.02,
+        "schedule.epsilon.span": 50000, "name": "learns-dqn",
     },
+    "cartpole_games": {**CARTPOLE, "algorithm.name": "hvass", "name": "default"},
     "compare_algorithms": {
         "env.game": "breakout", **SMALL_CNN, "env.num_envs": 8, "memory.size": 100000, "steps": 1200000,
         "seed": 0, "test_episodes_after_training": 30, "schedule.epsilon.span": 600000,

@@ -52,7 +52,7 @@ def assert_one_line(stderr: str, start: str) -> None:
 
 # ---------------------------------------------------------------------------- single runs
 
-LONG_OPTIMISE = ["schedule.min_epochs=400", "schedule.max_epochs.start=400", "schedule.max_epochs.end=400"]
+LONG_OPTIMISE = ["algorithm.min_epochs=400", "schedule.max_epochs.start=400", "schedule.max_epochs.end=400"]
 
 
 def _stop_at(tmp_path: Path, moment: str, signum: int, extra=()) -> tuple[int, str]:

@@ -110,7 +110,7 @@ def test_optuna_search_records_the_study_and_its_best_trial(tmp_path):
     assert parent.data.metrics["best_value"] == max(scores.values())
     best = next(r for r in children if r.info.run_id == parent.data.tags["dqn_jax.best_run_id"])
     assert scores[best.info.run_id] == max(scores.values())
-    for key in ("schedule.learning_rate.start", "memory.discount", "schedule.epsilon.span"):
+    for key in ("schedule.learning_rate.start", "algorithm.discount", "schedule.epsilon.span"):
         assert float(params[f"best.{key}"]) == float(best.data.params[key])
         assert f"{key}=" in best.data.tags["dqn_jax.overrides"]
     assert (tmp_path / "runs" / "multirun" / parent.data.tags["dqn_jax.sweep_id"]

@@ -41,9 +41,8 @@ class Parts(NamedTuple):
 def make_parts(cfg, games, seed: int) -> Parts:
     """The network, optimiser and a fresh train state for the games at hand."""
     network = make_network(cfg.network, games.num_actions)
-    schedule = cfg.schedule
-    optimizer = make_optimizer(schedule.rmsprop_decay, schedule.rmsprop_eps, schedule.rmsprop_initial_scale,
-                               schedule.rmsprop_centered)
+    opt = cfg.optimizer
+    optimizer = make_optimizer(opt.decay, opt.eps, opt.initial_scale, opt.centered)
     shape, dtype = state_spec(cfg.env, games.observation_shape, games.observation_dtype)
     key, init_key = jax.random.split(jax.random.PRNGKey(seed))
     train_state = create_train_state(network, init_key, np.zeros((1, *shape), dtype), optimizer)

@@ -169,7 +169,7 @@ class Dqn(Algorithm):
     def from_config(cls, cfg, parts, memory: MemorySpec, signals) -> Dqn:
         algo = cfg.algorithm
         update = Update(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
-                        discount=cfg.memory.discount, huber_delta=algo.huber_delta,
+                        discount=algo.discount, huber_delta=algo.huber_delta,
                         double=algo.name == "double_dqn", target_copy_every=algo.target_copy_every)
         return cls(update, memory, signals, warmup=algo.warmup, train_every=algo.train_every,
                    report_every=algo.report_every)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from dqn_jax.analyze.saved_run import RunError, SavedRun
+from dqn_jax.core.schedules import SIGNAL_NAMES
 
 DPI = 100
 CURVES_SIZE = (15.0, 10.0)  # inches: 1500 x 1000 pixels
@@ -83,7 +84,7 @@ def _curve(ax, histories, name, label, cfg, states, **style) -> None:
         ax.plot(x, y, label=label, **style)
     elif name.split("/")[-1] in _TUTORIAL_ONLY and _algorithm(cfg) != "hvass":
         _no_data(ax, f"{label}: the tutorial's method only")
-    elif cfg is not None and states.size and name.split("/")[-1] in _SIGNALS:
+    elif cfg is not None and states.size and name.split("/")[-1] in SIGNAL_NAMES:
         grid = np.linspace(0, states.max(), 200)
         ax.plot(grid, _signal_from_config(cfg, name.split("/")[-1], grid),
                 label=f"{label} (from config)", **style)
@@ -91,7 +92,6 @@ def _curve(ax, histories, name, label, cfg, states, **style) -> None:
         _no_data(ax, f"{name}: not in MLflow")
 
 
-_SIGNALS = ("epsilon", "learning_rate", "loss_limit", "max_epochs", "replay_fraction")
 _TUTORIAL_ONLY = ("loss_limit", "max_epochs", "replay_fraction", "error_mean", "error_max")
 
 

@@ -60,7 +60,7 @@ def play_memory(cfg, games, network, train_state, count: int, size: int, seed: i
     if issubclass(ALGORITHMS[cfg.algorithm.name], dqn.Dqn):  # its targets come from a target network
         host = jax.device_get(memory)
         return _td_snapshot(cfg, network, train_state.target_params, host, estimates, float(epsilon))
-    memory, _ = recompute_targets(memory, cfg.memory.discount, resolve_target_method(cfg.memory.target_method))
+    memory, _ = recompute_targets(memory, cfg.algorithm.discount, resolve_target_method(cfg.algorithm.target_method))
     host = jax.device_get(memory)
     return Snapshot(np.asarray(host.states), estimates, np.asarray(host.q_values),
                     np.asarray(host.actions), np.asarray(host.rewards), np.asarray(host.end_life),
@@ -81,7 +81,7 @@ def _td_snapshot(cfg, network, target_params, host, estimates: np.ndarray, epsil
                                     for i in range(0, len(flat), 256)])
     terminal = np.asarray(host.end_life) | np.asarray(host.end_episode)
     td = dqn.td_targets(np.asarray(host.rewards)[:-1].reshape(-1), terminal[:-1].reshape(-1), next_q_target,
-                        estimates[1:].reshape(-1, num_actions), cfg.memory.discount,
+                        estimates[1:].reshape(-1, num_actions), cfg.algorithm.discount,
                         double=cfg.algorithm.name == "double_dqn")
     td = np.asarray(td).reshape(rows - 1, games)
     targets = estimates[:-1].copy()

@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from dqn_jax import algorithms, tracking
-from dqn_jax.config import Config, ConfigError, validate
+from dqn_jax.config import Config, ConfigError, from_yaml, validate
 from dqn_jax.runner.checkpoints import Checkpointer
 
 
@@ -30,7 +30,7 @@ def load_config(run_dir: Path) -> Config:
         raise RunError(f"{run_dir} is not a training run's directory (it has no config.yaml); "
                        "give runs/<game>/<name> or run_id=<MLflow run id>")
     try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path)))
+        cfg = from_yaml(OmegaConf.load(path))
         validate(cfg)
     except (ConfigError, ValueError) as err:
         raise RunError(f"{path} is not a valid dqn_jax config: {str(err).splitlines()[0]}") from None

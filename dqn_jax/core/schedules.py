@@ -8,11 +8,9 @@ on traced counts inside jitted code alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import optax
-
-SIGNAL_NAMES = ("epsilon", "learning_rate", "loss_limit", "max_epochs", "replay_fraction")
 
 
 def linear_signal(start: float, end: float, span: float) -> optax.Schedule:
@@ -48,3 +46,7 @@ class ControlSignals:
     def values(self, count_states: int) -> dict[str, float]:
         """Every signal's value at ``count_states``, as Python floats (for logging and the host)."""
         return {name: float(getattr(self, name)(count_states)) for name in SIGNAL_NAMES}
+
+
+# The signals' names, in the order the tutorial lists them: ControlSignals' schedules.
+SIGNAL_NAMES = tuple(f.name for f in fields(ControlSignals) if f.name != "epsilon_test")

@@ -68,11 +68,11 @@ class Limits:
 
     @classmethod
     def from_config(cls, cfg) -> Limits:
-        faults, memory = cfg.faults, cfg.memory
+        faults, clip, discount = cfg.faults, cfg.memory.reward_clip, cfg.algorithm.discount
         q_bound = faults.q_bound
-        if q_bound is None and faults.q_factor is not None and memory.discount < 1:
-            q_bound = faults.q_factor * memory.reward_clip / (1 - memory.discount)
-        return cls(q_bound, faults.loss_growth, memory.reward_clip ** 2, faults.loss_window, faults.loss_after)
+        if q_bound is None and faults.q_factor is not None and discount < 1:
+            q_bound = faults.q_factor * clip / (1 - discount)
+        return cls(q_bound, faults.loss_growth, clip ** 2, faults.loss_window, faults.loss_after)
 
     def breach(self, values: dict[str, float]) -> str | None:
         """What in ``values`` is past the limits, in words for the user; None if nothing."""
@@ -80,7 +80,7 @@ class Limits:
             for name, value in values.items():
                 if Q_NAME in name and abs(value) > self.q_bound:
                     return (f"{name} is {value:.4g}, past {self.q_bound:.4g}, the bound the clipped rewards "
-                            "allow (faults.q_factor x memory.reward_clip / (1 - memory.discount))")
+                            "allow (faults.q_factor x memory.reward_clip / (1 - algorithm.discount))")
         loss = values.get(LOSS)
         if loss is not None and self.loss_growth is not None and len(self.losses) >= self.after:
             level = max(statistics.median(self.losses[-self.window:]), self.floor)

@@ -57,11 +57,12 @@ class Hvass(Algorithm):
 
     @classmethod
     def from_config(cls, cfg, parts, memory: MemorySpec, signals) -> Hvass:
+        algo = cfg.algorithm
         learner = Learner(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
-                          error_threshold=cfg.memory.error_threshold, min_high_share=cfg.memory.min_high_error_share,
-                          loss_window=cfg.schedule.loss_window)
-        return cls(learner, memory, signals, discount=cfg.memory.discount, target_method=cfg.memory.target_method,
-                   min_epochs=cfg.schedule.min_epochs)
+                          error_threshold=algo.error_threshold, min_high_share=algo.min_high_error_share,
+                          loss_window=algo.loss_window)
+        return cls(learner, memory, signals, discount=algo.discount, target_method=algo.target_method,
+                   min_epochs=algo.min_epochs)
 
     def init(self, train_state: TrainState) -> HvassState:
         return HvassState(train_state, counter(0))
