@@ -96,6 +96,7 @@ RENAMED = {
     "schedule.rmsprop_eps": "optimizer.eps",
     "schedule.rmsprop_initial_scale": "optimizer.initial_scale",
     "schedule.rmsprop_centered": "optimizer.centered",
+    "algorithm.target_copy_every": "algorithm.target_copy_states (counted in states, not gradient steps: x train_every)",
 }
 
 

@@ -64,13 +64,13 @@ def run_train(cfg, run_dir: Path):
         log = TrainingLog(run_dir, tracker, read_rewards(run_dir / "rewards.csv")[-30:], console=cfg.progress)
         training = build_training(cfg, games, parts, algorithm, checkpointer, log)
         state, key, result = train(training, state=state, key=key, counters=counters, seed=cfg.seed)
-        outcome = _outcome(cfg, games, parts, algorithm.train_state(state), key, result)
-        tracker.log_metrics(outcome, step=counters.states)
+        summary = _summary(cfg, games, parts, algorithm.train_state(state), key, result)
+        tracker.log_metrics(summary, step=counters.states)
         status = "KILLED" if result.stopped_by == "interrupt" else "FINISHED"
-        _print_summary(f"training stopped ({result.stopped_by})", {**asdict(counters), **outcome})
+        _print_summary(f"training stopped ({result.stopped_by})", {**asdict(counters), **summary})
         if result.stopped_by == "interrupt":
             raise KeyboardInterrupt  # the checkpoint is saved; the command ends with status 130
-        return outcome.get(cfg.objective)
+        return summary.get(cfg.objective)
     except KeyboardInterrupt:
         status = "KILLED"
         tracker.set_tags({interrupts.STOP_TAG: _stop_signal()})
@@ -162,19 +162,19 @@ def _resume(cfg, run_dir: Path, fresh_state, fresh_key, checkpointer: Checkpoint
     return state, key, counters
 
 
-def _outcome(cfg, games, parts: Parts, train_state, key, result) -> dict:
+def _summary(cfg, games, parts: Parts, train_state, key, result) -> dict:
     """The run's final figures: training's, and a test's when one is asked for."""
     counters = result.counters
-    outcome = {"train/mean30": result.last_mean30, "train/states": float(counters.states),
+    summary = {"train/mean30": result.last_mean30, "train/states": float(counters.states),
                "train/episodes": float(counters.episodes)}
     if result.last_loss is not None:
-        outcome["train/loss"] = result.last_loss
+        summary["train/loss"] = result.last_loss
     if cfg.test_episodes_after_training and result.stopped_by != "interrupt":
         test_player = Player(parts.network, cfg.env, optax.constant_schedule(cfg.schedule.epsilon_test))
         stats = test(games=games, player=test_player, params=train_state.params, key=key,
                            episodes=cfg.test_episodes_after_training, seed=cfg.seed, progress=cfg.progress)
-        outcome.update({f"test/{k}": v for k, v in stats.items()})
-    return outcome
+        summary.update({f"test/{k}": v for k, v in stats.items()})
+    return summary
 
 
 def run_test(cfg, run_dir: Path):

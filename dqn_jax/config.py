@@ -44,6 +44,7 @@ class EnvConfig:
     width: int = 80
     full_action_space: bool = False
     fire_reset: bool = False  # press FIRE after a reset (the tutorial does not)
+    lives_are_terminals: bool = True  # a lost life is a terminal for learning (atari; Dopamine: false)
     max_episode_frames: int = 108_000
     # atari only, what a state is: "motion_trace" (the frame and its motion trace, the
     # tutorial's), "frame_stack" (the last stack_size frames) or "frame" (the frame alone)
@@ -76,6 +77,7 @@ class NetworkConfig:
     # uint8 pixels into the network: "unit" divides by 255 ([0, 1]); "raw" keeps 0-255, as
     # the tutorial fed them (its small initial weights were chosen for that scale)
     input_scale: str = "unit"
+    dueling: bool = False  # a dueling head (Wang et al. 2016): Q = V + A - mean(A), two dense stacks
 
 
 @dataclass
@@ -94,13 +96,16 @@ class ScheduleConfig:
 @dataclass
 class OptimizerConfig:
     """The optimiser of every gradient step (its learning rate is ``schedule.learning_rate``):
-    RMSProp as TensorFlow 1 defined it, the tutorial's."""
+    RMSProp as TensorFlow 1 defined it (the tutorial's), or Adam."""
 
-    name: str = "rmsprop"
-    decay: float = 0.9
-    eps: float = 1e-10  # added to the mean square inside the square root
-    initial_scale: float = 1.0  # the mean square's start (TensorFlow 1: 1.0)
-    centered: bool = False  # divide by the gradient's variance, not its second moment
+    name: str = "rmsprop"  # "rmsprop" or "adam"
+    # rmsprop: added to the mean square inside the square root; adam: added to the root
+    eps: float = 1e-10
+    decay: float = 0.9  # rmsprop: the mean square's decay
+    initial_scale: float = 1.0  # rmsprop: the mean square's start (TensorFlow 1: 1.0)
+    centered: bool = False  # rmsprop: divide by the gradient's variance, not its second moment
+    b1: float = 0.9  # adam: the first moment's decay
+    b2: float = 0.999  # adam: the second moment's decay
 
 
 @dataclass
@@ -129,8 +134,11 @@ class DqnConfig:
     discount: float = 0.99
     warmup: int = 50_000  # states recorded before the first gradient step
     train_every: int = 4  # states recorded per gradient step
-    target_copy_every: int = 10_000  # gradient steps between copies into the target network
-    huber_delta: float = 1.0  # the Huber loss is quadratic within this TD error
+    # states between copies into the target network (DeepMind's code counts agent steps:
+    # 10,000); a multiple of train_every
+    target_copy_states: int = 10_000
+    huber_delta: float | None = 1.0  # the Huber loss is quadratic within this TD error; null: squared loss
+    n_step: int = 1  # rewards summed before the bootstrap (cut at a lost life or an episode's end)
     report_every: int = 50_000  # states between logged cycles (and checkpoints)
 
 
@@ -235,7 +243,7 @@ CHOICES = {
     "mode": ("train", "test"),
     "algorithm.name": tuple(ALGORITHM_SCHEMAS),
     "algorithm.target_method": ("auto", "associative", "scan"),
-    "optimizer.name": ("rmsprop",),
+    "optimizer.name": ("rmsprop", "adam"),
     "env.kind": ("atari", "gymnasium"),
     "env.encoding": ("motion_trace", "frame_stack", "frame"),
     "network.name": ("hvass", "nature", "mlp"),
@@ -271,7 +279,7 @@ def _get(cfg, dotted: str):
 POSITIVE = ("memory.size", "memory.batch_size", "memory.reward_clip", "env.frameskip", "env.height",
             "env.width", "env.stack_size", "checkpoint.keep", "env.num_envs", "episodes", "video_episodes", "steps",
             "algorithm.min_epochs", "algorithm.loss_window", "logger.flush_seconds",
-            "algorithm.train_every", "algorithm.target_copy_every", "algorithm.huber_delta",
+            "algorithm.train_every", "algorithm.target_copy_states", "algorithm.huber_delta", "algorithm.n_step",
             "algorithm.report_every", "stop_grace_seconds", "faults.q_factor", "faults.q_bound",
             "faults.loss_window",
             *(f"schedule.{name}.span" for name in SIGNALS))
@@ -280,7 +288,7 @@ NOT_NEGATIVE = ("algorithm.error_threshold", "optimizer.eps", "optimizer.initial
                 "env.trace_threshold", "faults.loss_after",
                 *(f"schedule.{name}.{end}" for name in SIGNALS for end in ("start", "end")))
 UNIT_INTERVAL = ("algorithm.discount", "algorithm.min_high_error_share", "env.repeat_action_probability",
-                 "env.trace_decay", "schedule.epsilon_test", "optimizer.decay",
+                 "env.trace_decay", "schedule.epsilon_test", "optimizer.decay", "optimizer.b1", "optimizer.b2",
                  "schedule.epsilon.start", "schedule.epsilon.end", "schedule.replay_fraction.start",
                  "schedule.replay_fraction.end")
 
@@ -299,6 +307,10 @@ def validate(cfg) -> None:
             f"{cfg.schedule.max_epochs.end}) must not be below algorithm.min_epochs={min_epochs}"
         )
     _check_network(cfg.network, cfg.env.kind)
+    copy, every = _get(cfg, "algorithm.target_copy_states"), _get(cfg, "algorithm.train_every")
+    if copy is not _ABSENT and copy % every:
+        raise ConfigError(f"algorithm.target_copy_states={copy} must be a multiple of algorithm.train_every={every} "
+                          "(the copy follows a gradient step)")
     games = num_envs(cfg.env)
     if cfg.memory.size < 2 * games:
         raise ConfigError(

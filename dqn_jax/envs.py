@@ -23,7 +23,7 @@ from dqn_jax.config import ConfigError, EnvConfig
 
 
 @dataclass
-class Transition:
+class GameStep:
     """What one step of N games returns (index i is game i)."""
 
     frames: np.ndarray  # (N, H, W) uint8 for atari, (N, obs_dim) float32 for gymnasium
@@ -42,9 +42,12 @@ class Games:
     """N copies of one game stepped together; see :func:`make_games`."""
 
     def __init__(self, env: gymnasium.vector.VectorEnv, *, kind: str, action_names: list[str],
-                 seed: int):
+                 seed: int, lives_are_terminals: bool = True):
         self.env = env
         self.kind = kind
+        # a lost life ends the value of what came before it, as the tutorial and the Nature
+        # DQN's training have it (Dopamine does not: env.lives_are_terminals=false)
+        self.lives_are_terminals = lives_are_terminals
         self.seed = seed  # the default for reset()
         self.num_envs = int(env.num_envs)
         self.action_names = list(action_names)
@@ -72,7 +75,7 @@ class Games:
         obs, info = self.env.reset(seed=int(self.seed if seed is None else seed))
         return self._frames(obs), self._lives(info)
 
-    def step(self, actions) -> Transition:
+    def step(self, actions) -> GameStep:
         """Play one action in each game (numpy or JAX ints, shape (N,))."""
         actions = np.asarray(actions).astype(np.int32, copy=False)
         if actions.shape != (self.num_envs,):
@@ -80,7 +83,7 @@ class Games:
         if actions.min() < 0 or actions.max() >= self.num_actions:
             raise ValueError(f"actions must be in [0, {self.num_actions}), got {actions}")
         obs, rewards, terminated, truncated, info = self.env.step(actions)
-        return Transition(
+        return GameStep(
             frames=self._frames(obs),
             rewards=np.asarray(rewards, dtype=np.float32),
             terminated=np.asarray(terminated, dtype=bool),
@@ -190,7 +193,7 @@ def _make_atari(env_cfg: EnvConfig, num_envs: int, seed: int) -> Games:
         num_threads=min(num_envs, os.cpu_count() or 1),
     )
     names = [action.name for action in env.ale.get_action_set()]
-    return Games(env, kind="atari", action_names=names, seed=seed)
+    return Games(env, kind="atari", action_names=names, seed=seed, lives_are_terminals=env_cfg.lives_are_terminals)
 
 
 def _make_gymnasium(env_cfg: EnvConfig, num_envs: int, seed: int) -> Games:

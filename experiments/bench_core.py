@@ -143,7 +143,7 @@ def bench_optimise(batch_size: int = 128, iterations: int = 10, games: int = 8, 
                    network_cfg: NetworkConfig | None = None) -> dict:
     """Samples per second of the optimise loop (sampling, gathering and updates in JAX).
 
-    ``loop`` as in :class:`dqn_jax.learner.Learner`: "auto" picks "host" on a CPU. The
+    ``loop`` as in :class:`dqn_jax.algorithms.hvass.optimise.Learner`: "auto" picks "host" on a CPU. The
     network is the tutorial's in ``dtype`` unless ``network_cfg`` names another."""
     _, state, learner = _hvass_learner(num_actions, batch_size, chunk=max(1, iterations), loop=loop,
                                        dtype=dtype, network_cfg=network_cfg)

@@ -179,7 +179,7 @@ def test_a_run_logs_only_its_algorithms_settings_and_signals(name):
     params = app.run_params(cfg, SimpleNamespace(num_envs=2, num_actions=4), algorithms.ALGORITHMS[name])
     tutorial = {"algorithm.error_threshold", "algorithm.min_epochs", "algorithm.target_method",
                 "schedule.loss_limit.start", "schedule.max_epochs.end", "schedule.replay_fraction.span"}
-    dqn = {"algorithm.warmup", "algorithm.train_every", "algorithm.target_copy_every", "algorithm.huber_delta"}
+    dqn = {"algorithm.warmup", "algorithm.train_every", "algorithm.target_copy_states", "algorithm.n_step", "algorithm.huber_delta"}
     ours, theirs = (tutorial, dqn) if name == "hvass" else (dqn, tutorial)
     assert ours <= set(params) and not theirs & set(params)
     assert params["algorithm.name"] == name and params["schedule.epsilon.start"] == "1.0"

@@ -110,6 +110,55 @@ def test_transitions_are_consecutive_positions_of_one_game_drawn_uniformly():
     assert counts.min() > 6000 / 12 * 0.8 and counts.max() < 6000 / 12 * 1.2
 
 
+def reference_n_step(position: int, n: int, discount: float, rewards, ends) -> tuple[float, bool]:
+    """The n-step return from ``position`` of one game, written as a loop: (sum, cut short)."""
+    total = 0.0
+    for k in range(n):
+        total += discount ** k * rewards[position + k]
+        if ends[position + k]:
+            return total, True
+    return total, False
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_n_step_transitions_sum_the_rewards_up_to_a_terminal_and_reach_n_rows_ahead(n):
+    steps, games, rows, discount = 7, 3, 15, 0.9
+    memory = circular_memory(steps, games, rows)  # position t: reward t, episode end when t % 4 == 3
+    memory = replay.record_decision(memory, np.stack([np.full(games, rows), np.arange(games)], 1),
+                                    np.zeros((games, 2)), np.zeros(games, int))
+    sample = jax.jit(dqn.sample_transitions, static_argnums=(2, 3))
+    batch = jax.device_get(sample(jax.random.PRNGKey(1), memory, 3000, n, discount))
+    position = batch.states[:, 0]
+    # complete: positions 9..15-n (8 was overwritten by the decision at 15; p + n <= 15)
+    assert set(position.tolist()) == set(range(9, rows - n + 1))
+    np.testing.assert_array_equal(batch.next_states[:, 0], position + n)
+    np.testing.assert_array_equal(batch.next_states[:, 1], batch.states[:, 1])
+    rewards, ends = np.arange(30, dtype=float), np.arange(30) % 4 == 3
+    for p in sorted(set(position.tolist())):
+        total, cut = reference_n_step(p, n, discount, rewards, ends)
+        picked = position == p
+        np.testing.assert_allclose(batch.rewards[picked], total, rtol=1e-6)
+        assert (batch.terminal[picked] == cut).all()
+
+
+def test_the_n_step_target_bootstraps_with_discount_to_the_n():
+    """An Update with n = 3 regresses on sum + discount^3 V(s'), not discount V(s')."""
+    update = dqn.Update(make_network_mlp(), make_optimizer(), batch_size=4, discount=0.5, huber_delta=None,
+                        double=False, target_copy_every=1, n_step=3)
+    assert update.n_step == 3 and update.huber_delta is None
+    rewards, terminal = np.array([1.0, 2.0], np.float32), np.array([False, True])
+    next_q = np.array([[4.0, 8.0], [4.0, 8.0]], np.float32)
+    got = dqn.td_targets(rewards, terminal, next_q, None, update.discount ** update.n_step, False)
+    np.testing.assert_allclose(got, [1.0 + 0.125 * 8.0, 2.0])
+
+
+def test_the_squared_loss_is_half_the_squared_error_everywhere():
+    q = np.array([[0.0, 1.0], [10.0, 0.0]], np.float32)
+    actions, targets = np.array([1, 0]), np.array([1.5, -2.0], np.float32)  # errors 0.5 and 12
+    loss, _ = dqn.huber_td_loss(q, actions, targets, None)
+    assert float(loss) == pytest.approx(np.mean([0.5 * 0.5 ** 2, 0.5 * 12.0 ** 2]), rel=1e-6)
+
+
 def tiny_update(copy_every: int, double: bool = False):
     network = make_network_mlp()
     optimizer = make_optimizer(0.95, 0.01, 0.0, centered=True)
@@ -199,7 +248,7 @@ def test_each_algorithm_trains_checkpoints_and_resumes(tmp_path, algorithm, enco
     from tests.conftest import TINY, compose_config, run_app
 
     args = [*TINY, f"algorithm={algorithm}", "algorithm.warmup=100", "algorithm.report_every=200",
-            "algorithm.target_copy_every=7", "memory.batch_size=8", f"env.encoding={encoding}", "logger=none"]
+            "algorithm.target_copy_states=28", "memory.batch_size=8", f"env.encoding={encoding}", "logger=none"]
     first = run_app([*args, "steps=400"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     second = run_app([*args, "steps=600"], cwd=tmp_path)

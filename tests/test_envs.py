@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dqn_jax.config import ConfigError, EnvConfig
-from dqn_jax.envs import Games, Transition, atari_games, check_game, make_games, normalise_game
+from dqn_jax.envs import Games, GameStep, atari_games, check_game, make_games, normalise_game
 
 
 def _games(num_envs: int = 2, seed: int = 0, **env) -> Games:
@@ -28,7 +28,7 @@ def test_breakout_frames_actions_and_lives():
         assert frames.max() > 0  # a real picture, not an empty buffer
         assert lives.dtype == np.int32 and lives.tolist() == [5, 5]
         step = games.step(np.array([1, 3]))
-        assert isinstance(step, Transition)
+        assert isinstance(step, GameStep)
         assert step.frames.shape == (2, 105, 80) and step.frames.dtype == np.uint8
         assert step.rewards.shape == (2,) and step.rewards.dtype == np.float32
         assert step.terminated.dtype == bool and step.truncated.dtype == bool
@@ -144,3 +144,22 @@ def test_module_prints_installed_games():
     out = subprocess.run([sys.executable, "-m", "dqn_jax.envs"], capture_output=True, text=True,
                          check=True).stdout
     assert "breakout" in out.split() and "space_invaders" in out.split()
+
+
+@pytest.mark.parametrize("lives_are_terminals", [True, False])
+def test_a_lost_life_is_a_terminal_unless_the_config_says_not(lives_are_terminals):
+    """Real Breakout, random play, until a game loses a life with its episode going on."""
+    from dqn_jax.runner.games import Acting, step_games
+
+    env_cfg = EnvConfig(lives_are_terminals=lives_are_terminals)
+    rng = np.random.default_rng(0)
+    with make_games(env_cfg, 2, seed=0) as games:
+        acting = Acting(*games.reset(seed=0), np.ones(2, bool), np.zeros(2), None)
+        for _ in range(3000):
+            before = acting.lives
+            acting, outcome = step_games(games, acting, rng.integers(0, games.num_actions, 2), None)
+            lost = (acting.lives < before) & ~outcome.ended
+            if lost.any():
+                break
+        assert lost.any(), "no life was lost in 3000 random steps"
+        np.testing.assert_array_equal(outcome.end_life, lost if lives_are_terminals else np.zeros(2, bool))

@@ -149,3 +149,37 @@ def test_input_scale_raw_feeds_pixels_as_the_tutorial_did():
     np.testing.assert_allclose(raw.apply(params, pixels), unit.apply(params, as_float), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(unit.apply(params, pixels), raw.apply(params, as_float / 255), rtol=1e-4, atol=1e-8)
     assert not np.allclose(raw.apply(params, pixels), unit.apply(params, pixels))
+
+
+@pytest.mark.parametrize("name", ["mlp", "nature"])
+def test_a_dueling_head_is_value_plus_advantage_minus_their_mean(name):
+    """Q from the two streams' own layers, recomputed here by hand from the parameters."""
+    small = dict(SMALL, conv_strides=[2, 2]) if name == "nature" else {"dense": [8]}
+    cfg = NetworkConfig(name=name, dueling=True, init_stddev=0.1, **small)
+    network = make_network(cfg, num_actions=3)
+    x = (jnp.arange(2 * 12 * 12 * 2) % 256).reshape(2, 12, 12, 2).astype(jnp.uint8) if name == "nature" \
+        else jnp.linspace(-1, 1, 8).reshape(2, 4)
+    params = network.init(jax.random.key(0), x)
+    layers = params["params"]
+    assert {"value_0", "value_1", "advantage_0", "advantage_1"} <= set(layers)
+    assert layers["value_1"]["kernel"].shape[-1] == 1 and layers["advantage_1"]["kernel"].shape[-1] == 3
+
+    def features(inputs):  # what both streams read: the network with its head cut off
+        if name == "mlp":
+            return np.asarray(inputs, np.float32).reshape(2, -1)
+        cut = {k: v for k, v in layers.items() if k.startswith("Conv")}
+        h = np.asarray(inputs, np.float32) / 255.0
+        for i in range(len(cut)):
+            h = jax.lax.conv_general_dilated(h, cut[f"Conv_{i}"]["kernel"], (2, 2), "VALID",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            h = np.maximum(np.asarray(h + cut[f"Conv_{i}"]["bias"]), 0.0)
+        return h.reshape(2, -1)
+
+    def stream(h, prefix):
+        h = np.maximum(h @ layers[f"{prefix}_0"]["kernel"] + layers[f"{prefix}_0"]["bias"], 0.0)
+        return h @ layers[f"{prefix}_1"]["kernel"] + layers[f"{prefix}_1"]["bias"]
+
+    h = features(x)
+    value, advantage = stream(h, "value"), stream(h, "advantage")
+    want = value + advantage - advantage.mean(axis=-1, keepdims=True)
+    np.testing.assert_allclose(network.apply(params, x), want, rtol=1e-4, atol=1e-5)

@@ -111,7 +111,7 @@ def test_open_sink_keeps_test_modes_plain_calls(played, tmp_path):
     cfg = compose_config(["mode=test", "video=true"], tmp_path)
     sink = display.open_sink(cfg, tmp_path)
     for state in states:
-        sink(state)  # what agent.test calls today
+        sink(state)  # what runner.testing.test calls
     sink.close()
     reader = imageio.get_reader(tmp_path / "test-video.mp4")
     assert reader.count_frames() == len(states)

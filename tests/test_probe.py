@@ -24,7 +24,7 @@ def dqn_run(tmp_path_factory):
     network, so its values differ from the network's."""
     root = tmp_path_factory.mktemp("probe")
     result = run_app([*TINY, "algorithm=dqn", "algorithm.warmup=100", "algorithm.report_every=200",
-                      "algorithm.target_copy_every=1000", "memory.batch_size=8", f"algorithm.discount={DISCOUNT}",
+                      "algorithm.target_copy_states=4000", "memory.batch_size=8", f"algorithm.discount={DISCOUNT}",
                       "steps=400", "name=dqn"], cwd=root)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root / "runs" / "breakout" / "dqn"

@@ -51,7 +51,7 @@ RECIPES = {
     },
     "cartpole_dqn": {
         **CARTPOLE, "algorithm.name": "dqn", "memory.size": 50000, "memory.batch_size": 128,
-        "algorithm.warmup": 5000, "algorithm.target_copy_every": 100, "algorithm.huber_delta": 10.0,
+        "algorithm.warmup": 5000, "algorithm.target_copy_states": 400, "algorithm.huber_delta": 10.0,
         "schedule.learning_rate.start": 2.5e-4, "schedule.learning_rate.end": 1e-6,
         "optimizer.eps": 1e-5, "optimizer.centered": True, "algorithm.discount": 0.99, "schedule.epsilon.end": 0.02,
         "schedule.epsilon.span": 50000, "name": "learns-dqn",

@@ -26,7 +26,7 @@ from dqn_jax.config import memory_rows
 from dqn_jax.core.acting import state_spec
 from dqn_jax.core.networks import make_network
 from dqn_jax.core.schedules import ControlSignals
-from dqn_jax.core.training import create_train_state, make_optimizer
+from dqn_jax.core.training import create_train_state, optimizer_from
 
 
 class Parts(NamedTuple):
@@ -41,8 +41,7 @@ class Parts(NamedTuple):
 def make_parts(cfg, games, seed: int) -> Parts:
     """The network, optimiser and a fresh train state for the games at hand."""
     network = make_network(cfg.network, games.num_actions)
-    opt = cfg.optimizer
-    optimizer = make_optimizer(opt.decay, opt.eps, opt.initial_scale, opt.centered)
+    optimizer = optimizer_from(cfg.optimizer)
     shape, dtype = state_spec(cfg.env, games.observation_shape, games.observation_dtype)
     key, init_key = jax.random.split(jax.random.PRNGKey(seed))
     train_state = create_train_state(network, init_key, np.zeros((1, *shape), dtype), optimizer)

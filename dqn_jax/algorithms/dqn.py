@@ -5,11 +5,13 @@ games, state encodings, networks, acting step, memory storage, checkpoints, trac
 and test mode with the tutorial's method. What is theirs:
 
 * the replay memory is circular (``ReplayMemory.circular``) and kept across updates; a
-  transition is a row of one game and the next row of the same game;
+  transition is a row of one game and the row ``n_step`` later of the same game;
 * after ``warmup`` states, one gradient step every ``train_every`` states on a uniform
-  batch: the Huber loss of Q(s, a) against r + discount * V(s'), V from a target network
-  (Double DQN: the action of the online network, the value of the target network);
-* the target network is a copy of the network taken every ``target_copy_every`` steps.
+  batch: the Huber (or squared) loss of Q(s, a) against the n-step return plus
+  discount^n * V(s'), V from a target network (Double DQN: the action of the online
+  network, the value of the target network);
+* the target network is a copy of the network taken every ``target_copy_states`` states
+  (as DeepMind's code, DQN Zoo and Dopamine count the period: in agent steps).
 
 :func:`sample_transitions` and :func:`td_targets` are pure; :class:`Update` jits one
 gradient step (sample, targets, loss, optimiser, target copy) once. :class:`Dqn` is the
@@ -49,26 +51,34 @@ def with_target(state: TrainState) -> TargetTrainState:
 class Transitions(NamedTuple):
     states: jax.Array  # (B, ...) the state a decision was taken in
     actions: jax.Array  # int32 (B,)
-    rewards: jax.Array  # float32 (B,), clipped
+    rewards: jax.Array  # float32 (B,), clipped; n-step: their discounted sum up to a terminal
     terminal: jax.Array  # bool (B,): a life or the episode ended (no value after it)
-    next_states: jax.Array  # (B, ...) the same game's next state
+    next_states: jax.Array  # (B, ...) the same game's state n steps later
 
 
-def sample_transitions(key, memory: replay.ReplayMemory, batch_size: int) -> Transitions:
-    """A uniform batch (with replacement, as the paper) of the memory's complete transitions.
+def sample_transitions(key, memory: replay.ReplayMemory, batch_size: int, n_step: int = 1,
+                       discount: float = 1.0) -> Transitions:
+    """A uniform batch (with replacement, as the paper) of the memory's complete n-step transitions.
 
-    A row's transition is complete when its outcome is recorded and the next row holds
-    the next state: positions count-n .. count-1 with n = min(count, rows - 1), where
-    ``count`` rows are closed and row ``count`` holds the states just decided on (the
-    row before the oldest was overwritten by them). Needs ``count`` >= 1.
+    A transition at row p of a game is its state and action there, the discounted sum of
+    the rewards of rows p .. p+n-1 cut at the first terminal (a lost life or the episode's
+    end: nothing after it counts), and the state of row p+n. It is complete when rows
+    p .. p+n-1 are closed and row p+n still holds its state: p+n <= count, where ``count``
+    rows are closed and row ``count`` holds the states just decided on, and p > count - rows
+    (the row before the oldest was overwritten by them). Needs ``count`` >= ``n_step``.
+    ``terminal`` is true when the sum was cut: the target then takes no value after it.
     """
     back_key, game_key = jax.random.split(key)
-    available = jnp.minimum(memory.count, memory.rows - 1)
-    position = memory.count - 1 - jax.random.randint(back_key, (batch_size,), 0, available)
-    row, next_row = position % memory.rows, (position + 1) % memory.rows
+    available = jnp.minimum(memory.count, memory.rows - 1) - (n_step - 1)
+    position = memory.count - n_step - jax.random.randint(back_key, (batch_size,), 0, available)
     game = jax.random.randint(game_key, (batch_size,), 0, memory.num_games)
-    return Transitions(memory.states[row, game], memory.actions[row, game], memory.rewards[row, game],
-                       memory.end_life[row, game] | memory.end_episode[row, game],
+    rewards, alive = jnp.zeros(batch_size, jnp.float32), jnp.ones(batch_size, bool)
+    for k in range(n_step):  # n is small and static: unrolled
+        row = (position + k) % memory.rows
+        rewards = rewards + jnp.where(alive, discount ** k * memory.rewards[row, game], 0.0)
+        alive = alive & ~(memory.end_life[row, game] | memory.end_episode[row, game])
+    row, next_row = position % memory.rows, (position + n_step) % memory.rows
+    return Transitions(memory.states[row, game], memory.actions[row, game], rewards, ~alive,
                        memory.states[next_row, game])
 
 
@@ -83,10 +93,13 @@ def td_targets(rewards, terminal, next_q_target, next_q_online, discount, double
     return rewards + discount * jnp.where(terminal, 0.0, next_value)
 
 
-def huber_td_loss(q, actions, targets, delta: float) -> tuple[jax.Array, jax.Array]:
+def huber_td_loss(q, actions, targets, delta: float | None) -> tuple[jax.Array, jax.Array]:
     """The mean Huber loss of Q(s, a) against ``targets`` (quadratic within ``delta``, the
-    paper's error clipping); returns (loss, Q(s, a))."""
+    paper's error clipping; ``delta`` None: the squared loss 0.5 (target - Q)^2 everywhere);
+    returns (loss, Q(s, a))."""
     taken = jnp.take_along_axis(q, actions[:, None], axis=-1)[:, 0]
+    if delta is None:
+        return jnp.mean(0.5 * jnp.square(targets - taken)), taken
     return jnp.mean(optax.huber_loss(taken, targets, delta=delta)), taken
 
 
@@ -109,11 +122,13 @@ class Stats(NamedTuple):
 class Update:
     """One DQN gradient step, jitted once; ``train_state`` and ``stats`` are donated."""
 
-    def __init__(self, network, optimizer, *, batch_size: int, discount: float, huber_delta: float,
-                 double: bool, target_copy_every: int):
+    def __init__(self, network, optimizer, *, batch_size: int, discount: float, huber_delta: float | None,
+                 double: bool, target_copy_every: int, n_step: int = 1):
+        """``target_copy_every`` counts gradient steps (:class:`Dqn` converts the config's states)."""
         self.network, self.optimizer, self.batch_size = network, optimizer, int(batch_size)
-        self.discount, self.huber_delta, self.double = float(discount), float(huber_delta), bool(double)
-        self.target_copy_every = int(target_copy_every)
+        self.discount, self.double = float(discount), bool(double)
+        self.huber_delta = None if huber_delta is None else float(huber_delta)
+        self.target_copy_every, self.n_step = int(target_copy_every), int(n_step)
         self._jit = jax.jit(self._step, donate_argnums=(0, 1))
 
     def __call__(self, train_state: TargetTrainState, stats: Stats, memory, key, learning_rate):
@@ -122,11 +137,11 @@ class Update:
 
     def _step(self, state: TargetTrainState, stats: Stats, memory, key, learning_rate):
         key, pick = jax.random.split(key)
-        batch = sample_transitions(pick, memory, self.batch_size)
+        batch = sample_transitions(pick, memory, self.batch_size, self.n_step, self.discount)
         apply = self.network.apply
         next_online = apply(state.params, batch.next_states) if self.double else None
         targets = td_targets(batch.rewards, batch.terminal, apply(state.target_params, batch.next_states),
-                             next_online, self.discount, self.double)
+                             next_online, self.discount ** self.n_step, self.double)
 
         def loss_fn(params):
             return huber_td_loss(apply(params, batch.states), batch.actions, jax.lax.stop_gradient(targets),
@@ -159,8 +174,8 @@ class Dqn(Algorithm):
     extra_network_copies = 1  # the target network
 
     def __init__(self, update: Update, memory: MemorySpec, signals, *, warmup: int, train_every: int,
-                 report_every: int):
-        self.update, self.memory, self.signals = update, memory, signals
+                 report_every: int, n_step: int = 1):
+        self.update, self.memory, self.signals, self.n_step = update, memory, signals, int(n_step)
         self.warmup, self.train_every, self.report_every = int(warmup), int(train_every), int(report_every)
         self._learning_rate = None  # the cycle's, fixed when it starts (a float, and on the device)
         self._learning_rate_array = None
@@ -169,10 +184,10 @@ class Dqn(Algorithm):
     def from_config(cls, cfg, parts, memory: MemorySpec, signals) -> Dqn:
         algo = cfg.algorithm
         update = Update(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
-                        discount=algo.discount, huber_delta=algo.huber_delta,
-                        double=algo.name == "double_dqn", target_copy_every=algo.target_copy_every)
+                        discount=algo.discount, huber_delta=algo.huber_delta, double=algo.name == "double_dqn",
+                        target_copy_every=algo.target_copy_states // algo.train_every, n_step=algo.n_step)
         return cls(update, memory, signals, warmup=algo.warmup, train_every=algo.train_every,
-                   report_every=algo.report_every)
+                   report_every=algo.report_every, n_step=algo.n_step)
 
     def init(self, train_state: TrainState) -> DqnState:
         return DqnState(with_target(train_state), Stats.zeros(), counter(0), counter(0))
@@ -189,7 +204,7 @@ class Dqn(Algorithm):
 
     def recorded(self, state: DqnState, games: int) -> DqnState:
         recorded = int(state.recorded) + games
-        held = recorded > max(self.warmup, games)  # a complete transition is held
+        held = recorded > max(self.warmup, games * self.n_step)  # a complete transition is held
         return state.replace(recorded=counter(recorded), credit=counter(state.credit + games) if held else state.credit)
 
     def ready(self, state: DqnState, cycle_over: bool) -> bool:

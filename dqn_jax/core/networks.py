@@ -41,12 +41,27 @@ def _prepare_input(x: jax.Array, dtype, input_scale: str) -> jax.Array:
     return x.astype(dtype)
 
 
-def _dense_stack(x, sizes: Sequence[int], num_actions: int, init, dtype) -> jax.Array:
-    """Hidden dense layers with ReLU, then a linear output layer, Q-values in float32."""
-    for size in sizes:
-        x = nn.relu(nn.Dense(size, kernel_init=init, bias_init=nn.initializers.zeros, dtype=dtype)(x))
-    q = nn.Dense(num_actions, kernel_init=init, bias_init=nn.initializers.zeros, dtype=dtype)(x)
+def _dense_stack(x, sizes: Sequence[int], num_actions: int, init, dtype, dueling: bool = False) -> jax.Array:
+    """Hidden dense layers with ReLU, then a linear output layer, Q-values in float32.
+
+    ``dueling`` (Wang et al. 2016): two such stacks, a state's value V and each action's
+    advantage A, and Q = V + A - mean(A)."""
+    if dueling:
+        value = _dense_layers(x, sizes, 1, init, dtype, "value")
+        advantage = _dense_layers(x, sizes, num_actions, init, dtype, "advantage")
+        q = value + advantage - jnp.mean(advantage, axis=-1, keepdims=True)
+    else:
+        q = _dense_layers(x, sizes, num_actions, init, dtype)
     return q.astype(jnp.float32)
+
+
+def _dense_layers(x, sizes: Sequence[int], outputs: int, init, dtype, stream: str | None = None) -> jax.Array:
+    """ReLU layers of ``sizes`` then a linear layer of ``outputs``; named ``<stream>_<i>`` in a
+    dueling head (Flax's Dense_<i> otherwise, the names every checkpoint has)."""
+    names = [f"{stream}_{i}" if stream else None for i in range(len(sizes) + 1)]
+    for size, name in zip(sizes, names, strict=False):
+        x = nn.relu(nn.Dense(size, kernel_init=init, bias_init=nn.initializers.zeros, dtype=dtype, name=name)(x))
+    return nn.Dense(outputs, kernel_init=init, bias_init=nn.initializers.zeros, dtype=dtype, name=names[-1])(x)
 
 
 class _ConvQNetwork(nn.Module):
@@ -60,6 +75,7 @@ class _ConvQNetwork(nn.Module):
     init_stddev: float = 0.02
     dtype: str = "float32"
     input_scale: str = "unit"
+    dueling: bool = False
     padding = "SAME"
 
     @nn.compact
@@ -81,7 +97,7 @@ class _ConvQNetwork(nn.Module):
             )(x)
             x = nn.relu(x)
         x = x.reshape((x.shape[0], -1))
-        return _dense_stack(x, self.dense, self.num_actions, init, dtype)
+        return _dense_stack(x, self.dense, self.num_actions, init, dtype, self.dueling)
 
 
 class HvassQNetwork(_ConvQNetwork):
@@ -104,12 +120,13 @@ class MLPQNetwork(nn.Module):
     init_stddev: float = 0.0
     dtype: str = "float32"
     input_scale: str = "unit"
+    dueling: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = _DTYPES[self.dtype]
         x = _prepare_input(x, dtype, self.input_scale).reshape((x.shape[0], -1))
-        return _dense_stack(x, self.dense, self.num_actions, _kernel_init(self.init_stddev), dtype)
+        return _dense_stack(x, self.dense, self.num_actions, _kernel_init(self.init_stddev), dtype, self.dueling)
 
 
 def _ints(values) -> tuple[int, ...]:
@@ -125,6 +142,7 @@ def make_network(cfg, num_actions: int) -> nn.Module:
         init_stddev=float(cfg.init_stddev),
         dtype=str(cfg.dtype),
         input_scale=str(cfg.input_scale),
+        dueling=bool(cfg.dueling),
     )
     if cfg.dtype not in _DTYPES:
         raise ValueError(f"network dtype {cfg.dtype!r} is not one of {sorted(_DTYPES)}")

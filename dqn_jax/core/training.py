@@ -1,8 +1,8 @@
 """The train state and the optimiser: what every algorithm's gradient step updates.
 
-The optimiser is RMSProp as TensorFlow 1 defined it, with the learning rate held in
-the optimiser state (``optax.inject_hyperparams``) so the schedule can change it every
-cycle without recompiling.
+The optimiser is RMSProp as TensorFlow 1 defined it (the tutorial's) or Adam, with the
+learning rate held in the optimiser state (``optax.inject_hyperparams``) so the schedule
+can change it every cycle without recompiling.
 """
 
 from __future__ import annotations
@@ -26,6 +26,23 @@ def make_optimizer(decay: float = 0.9, eps: float = 1e-10, initial_scale: float 
         learning_rate=1e-3, decay=decay, eps=eps, initial_scale=initial_scale, eps_in_sqrt=True,
         centered=centered,
     )
+
+
+def make_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+    """Adam (Kingma & Ba 2015) as Optax has it: ``eps`` is added to the root of the second moment."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=1e-3, b1=b1, b2=b2, eps=eps)
+
+
+OPTIMIZERS = ("rmsprop", "adam")
+
+
+def optimizer_from(settings):
+    """The optimiser an ``optimizer`` config section names (``settings.name``: rmsprop or adam)."""
+    if settings.name == "adam":
+        return make_adam(settings.b1, settings.b2, settings.eps)
+    if settings.name == "rmsprop":
+        return make_optimizer(settings.decay, settings.eps, settings.initial_scale, settings.centered)
+    raise ValueError(f"optimizer.name={settings.name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
 @flax.struct.dataclass

@@ -54,7 +54,8 @@ def step_games(games, acting: Acting, actions, tracer) -> tuple[Acting, Outcome]
     step = games.step(np.asarray(actions))
     ended = step.ended
     scores = acting.scores + step.rewards
-    outcome = Outcome(step.rewards, (step.lives < acting.lives) & ~ended, ended,
+    lost = (step.lives < acting.lives) & ~ended if games.lives_are_terminals else np.zeros_like(ended)
+    outcome = Outcome(step.rewards, lost, ended,
                       np.where(ended, 0, step.lives), scores)
     return Acting(step.frames, step.lives, ended, np.where(ended, 0.0, scores), tracer), outcome
 
