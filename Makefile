@@ -64,7 +64,8 @@ gpu-check: $(STAMP)
 STORE ?= $(CURDIR)
 ui: $(STAMP)
 	$(BIN)/python -m dqn_jax.tracking.ui --root $(STORE) --port $(PORT)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(STORE)/mlruns.db \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui \
+		--backend-store-uri "$$($(BIN)/python -m dqn_jax.tracking.ui --root $(STORE) --print-uri)" \
 		--default-artifact-root $(STORE)/mlartifacts --host 127.0.0.1 --port $(PORT)
 
 ## Speed benchmarks: ratios measured side by side in one run.

@@ -71,8 +71,8 @@ def run_train(cfg, run_dir: Path):
         if result.stopped_by == "interrupt":
             raise KeyboardInterrupt  # the checkpoint is saved; the command ends with status 130
         return summary.get(cfg.objective)
-    except KeyboardInterrupt:
-        status = "KILLED"
+    except KeyboardInterrupt as stop:
+        status = tracking.run_status(stop)
         tracker.set_tags({interrupts.STOP_TAG: _stop_signal()})
         raise
     except Diverged as err:
@@ -152,10 +152,8 @@ def _resume(cfg, run_dir: Path, fresh_state, fresh_key, checkpointer: Checkpoint
     counters = Counters(**{k: int(v) for k, v in saved.items()})
     dropped = resume.cut_logs(run_dir, counters.states)
     if cfg.logger.name != "none":
-        from mlflow.tracking import MlflowClient
-
         tracking.send_unsent(cfg, run_dir)  # what an outage kept, before the history is cut back
-        resume.restart_history(MlflowClient(tracking.tracking_uri(cfg)), run_dir, counters.states)
+        resume.restart_history(tracking.store.client(cfg), run_dir, counters.states)
     if restored is not None:
         print(f"resuming from {run_dir / 'checkpoints'}: {counters.states} states, {counters.episodes} "
               f"episodes" + (f" ({dropped} log rows written after it dropped)" if dropped else ""))
@@ -210,8 +208,8 @@ def run_test(cfg, run_dir: Path):
             _print_summary(f"test of the checkpoint at {int(counters['states'])} states", stats)
         status = "FINISHED"
         return stats.get(cfg.objective.removeprefix("test/"))
-    except KeyboardInterrupt:
-        status = "KILLED"
+    except KeyboardInterrupt as stop:
+        status = tracking.run_status(stop)
         tracker.set_tags({interrupts.STOP_TAG: _stop_signal()})
         raise
     finally:

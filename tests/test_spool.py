@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from dqn_jax.tracking import errors
 from dqn_jax.tracking import journal as spool
 from dqn_jax.tracking.sender import RETRY_SECONDS
 from tests.conftest import (
@@ -191,12 +192,12 @@ def test_transient_errors_are_told_from_refusals(tmp_path):
     client = MlflowClient(_dead_url())
     with pytest.raises(MlflowException) as refused:
         client.get_run("0" * 32)
-    assert spool.is_transient(refused.value) and spool.reason(refused.value) == "connection refused"
+    assert errors.is_transient(refused.value) and errors.reason(refused.value) == "connection refused"
     local = MlflowClient(f"sqlite:///{tmp_path / 'db.db'}")
     with pytest.raises(MlflowException) as missing:
         local.get_run("0" * 32)
-    assert not spool.is_transient(missing.value)
-    assert spool.is_transient(MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE))
+    assert not errors.is_transient(missing.value)
+    assert errors.is_transient(MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE))
     ops = [["metric", "a", 1.0, 0, i] for i in range(1500)] + [["tags", {}], ["metric", "a", 1.0, 0, 0]]
     assert [len(spool.batch_at(ops, i)) for i in (0, 1000, 1500, 1501)] == [1000, 500, 1, 1]
 

@@ -9,7 +9,6 @@ store gives the per-cycle metrics that only it holds (loss, iterations, signals.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -17,6 +16,7 @@ from omegaconf import OmegaConf
 from dqn_jax import algorithms, tracking
 from dqn_jax.config import Config, ConfigError, from_yaml, validate
 from dqn_jax.runner.checkpoints import Checkpointer
+from dqn_jax.tracking import store
 
 
 class RunError(ValueError):
@@ -37,37 +37,6 @@ def load_config(run_dir: Path) -> Config:
     return cfg
 
 
-def _local_store(cfg: Config, run_dir: Path) -> Path:
-    """The SQLite file of a run without ``logger.tracking_uri``.
-
-    A relative ``paths.mlflow_db`` was relative to the directory the run started in:
-    the current one, or else the one that ``paths.runs`` places the run directory under.
-    """
-    db = Path(cfg.paths.mlflow_db).expanduser()
-    if db.is_absolute() or db.exists():
-        return db.resolve()
-    runs = Path(cfg.paths.runs)
-    if not runs.is_absolute() and ".." not in runs.parts:
-        parents = run_dir.resolve().parents
-        depth = len(runs.parts) + 1  # runs/<game>/<name>
-        if depth < len(parents):
-            return (parents[depth] / db).resolve()
-    return db.resolve()
-
-
-def default_tracking_uri() -> str:
-    """Where to look a run id up: $MLFLOW_TRACKING_URI, else ./mlruns.db."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlruns.db').resolve()}"
-
-
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return None
-    return MlflowClient(uri)
-
-
 class SavedRun:
     """One training run's directory and what it points to."""
 
@@ -78,12 +47,7 @@ class SavedRun:
                            "or run_id=<MLflow run id>")
         self.cfg = load_config(self.run_dir)
         self.run_id = tracking.read_run_id(self.run_dir)
-        if tracking_uri:
-            self.tracking_uri = tracking_uri
-        elif self.cfg.logger.tracking_uri:
-            self.tracking_uri = str(self.cfg.logger.tracking_uri)
-        else:
-            self.tracking_uri = f"sqlite:///{_local_store(self.cfg, self.run_dir)}"
+        self.tracking_uri = tracking_uri or store.tracking_uri(self.cfg, self.run_dir)
         self._client = None
 
     @classmethod
@@ -91,10 +55,10 @@ class SavedRun:
         """The run directory that MLflow run ``run_id`` was tracked from (tag dqn_jax.run_dir)."""
         from mlflow.exceptions import MlflowException
 
-        uri = tracking_uri or default_tracking_uri()
-        client = _client(uri)
+        uri = tracking_uri or store.default_uri()
+        client = store.client(uri, existing=True)
         if client is None:
-            raise RunError(f"there is no MLflow store at {uri.removeprefix('sqlite:///')}; "
+            raise RunError(f"there is no MLflow store at {store.sqlite_file(uri)}; "
                            "run from the project root or give tracking_uri=...")
         try:
             run = client.get_run(run_id)
@@ -112,7 +76,7 @@ class SavedRun:
     def client(self):
         """An MlflowClient for the run's store, or None (not tracked, or no store)."""
         if self._client is None and self.run_id:
-            self._client = _client(self.tracking_uri)
+            self._client = store.client(self.tracking_uri, existing=True)
         return self._client
 
     def tracked(self) -> bool:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dqn_jax.tracking import stale
+from dqn_jax.tracking import stale, store
 
 USAGE_ERROR = 2
 CURVE = "episode/mean30"
@@ -58,35 +57,6 @@ class Group:
 
 # ---------------------------------------------------------------------------- reading
 
-def default_tracking_uri(root: str | Path = ".") -> str:
-    """Like a run's: $MLFLOW_TRACKING_URI, else the embedded store under ``root``."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{(Path(root) / 'mlruns.db').expanduser().resolve()}"
-
-
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise CompareError(f"there is no MLflow store at {uri.removeprefix('sqlite:///')}; "
-                           "give --root or --tracking-uri")
-    return MlflowClient(uri)
-
-
-def _experiment_ids(client) -> list[str]:
-    return [e.experiment_id for e in client.search_experiments()]
-
-
-def _search(client, filter_string: str) -> list:
-    ids = _experiment_ids(client)
-    runs = []
-    for start in range(0, len(ids), 100):  # search_runs takes at most 100 experiments
-        runs += client.search_runs(ids[start:start + 100], filter_string=filter_string,
-                                   max_results=5000)
-    return runs
-
-
 def find_parent(client, run_id: str | None = None, sweep_id: str | None = None):
     """The sweep's parent run, by its run id or by the sweep id it was tagged with."""
     from mlflow.exceptions import MlflowException
@@ -96,7 +66,7 @@ def find_parent(client, run_id: str | None = None, sweep_id: str | None = None):
             return client.get_run(run_id)
         except MlflowException:
             raise CompareError(f"no run with id {run_id!r} in this store") from None
-    found = _search(client, f"tags.`dqn_jax.sweep_id` = '{sweep_id}' and tags.`dqn_jax.sweep` = 'true'")
+    found = store.search_runs(client, f"tags.`dqn_jax.sweep_id` = '{sweep_id}' and tags.`dqn_jax.sweep` = 'true'")
     if not found:
         raise CompareError(f"no sweep with id {sweep_id!r} in this store")
     if len(found) > 1:
@@ -121,7 +91,7 @@ def close_killed_sweep(client, parent):
 
 def read_children(client, parent_id: str, metric: str = CURVE) -> list[Child]:
     children = []
-    for run in _search(client, f"tags.mlflow.parentRunId = '{parent_id}'"):
+    for run in store.search_runs(client, f"tags.mlflow.parentRunId = '{parent_id}'"):
         tags = run.data.tags
         overrides = tags.get("dqn_jax.overrides", "").split() or [run.info.run_name or run.info.run_id]
         history = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: m.step)
@@ -276,7 +246,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="dqn-jax-compare", description="Reward curves and final scores of a sweep's runs.")
     parser.add_argument("run_id", nargs="?", help="the sweep's parent run id")
     parser.add_argument("--sweep-id", help="the sweep's id (tag dqn_jax.sweep_id: its directory's name)")
-    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else ROOT/mlruns.db")
+    parser.add_argument("--tracking-uri", help=f"default: $MLFLOW_TRACKING_URI, else ROOT/{store.STORE_FILE}")
     parser.add_argument("--root", default=".", help="the project root of the embedded store (paths.root)")
     parser.add_argument("--out", help="where to write the files (default: compare-<sweep id>)")
     parser.add_argument("--metric", default=CURVE, help=f"the curve to plot (default {CURVE})")
@@ -290,8 +260,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        uri = args.tracking_uri or default_tracking_uri(args.root)
-        client = _client(uri)
+        uri = args.tracking_uri or store.default_uri(args.root)
+        client = store.client(uri, existing=True)
+        if client is None:
+            raise CompareError(f"there is no MLflow store at {store.sqlite_file(uri)}; give --root or --tracking-uri")
         parent = find_parent(client, args.run_id, args.sweep_id)
         parent = close_killed_sweep(client, parent)
         sweep = parent.data.tags.get("dqn_jax.sweep_id", parent.info.run_id)

@@ -14,6 +14,17 @@ Without ``logger.tracking_uri`` the store is an SQLite file under ``paths.root``
 and artifacts go to ``paths.mlflow_artifacts``: a run needs no server. A training
 run writes its MLflow run id to ``<run_dir>/mlflow_run_id``, so resuming the
 training resumes the same MLflow run. Sweeps' parent runs are in :mod:`dqn_jax.sweeps`.
+
+* this module: trackers, a run opened or resumed, the config as params;
+* ``store``: where the store is, its client, a search of every experiment;
+* ``errors``: what an exception means (a run's status, a busy store, a few words why);
+* ``http``: the HTTP budget of every call; ``store_check``: is the store usable;
+* ``journal``: operations and the unsent file (``python -m dqn_jax.tracking import``);
+  ``sender``: the background sender; ``stale``: runs left RUNNING by a killed process;
+* ``ui``: the MLflow UI's addresses and the store it shows (``make ui``).
+
+May import: ``dqn_jax.config`` (the layers allow ``dqn_jax.core`` and ``dqn_jax.envs``
+too); never the algorithms, the runner, the sweeps, the analysis or the application.
 """
 
 from __future__ import annotations
@@ -32,9 +43,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dqn_jax.config import ConfigError, experiment_name
-from dqn_jax.tracking import journal, stale
+from dqn_jax.tracking import journal, stale, store
+from dqn_jax.tracking.errors import RunStopped, is_transient, reason, run_status  # noqa: F401 - used by others
 from dqn_jax.tracking.http import configure_http
 from dqn_jax.tracking.sender import Sender
+from dqn_jax.tracking.store import tracking_uri
 from dqn_jax.tracking.store_check import check
 
 log = logging.getLogger(__name__)
@@ -77,10 +90,7 @@ class Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.finish("FINISHED")
-        else:
-            self.finish("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+        self.finish(run_status(exc))
 
 
 class NullTracker(Tracker):
@@ -93,12 +103,10 @@ class MlflowTracker(Tracker):
 
     def __init__(self, tracking_uri: str, run_id: str, *, flush_seconds: float = 2.0,
                  run_dir: str | Path | None = None):
-        from mlflow.tracking import MlflowClient
-
         configure_http()
         self.tracking_uri = tracking_uri
         self.run_id = run_id
-        self.client = MlflowClient(tracking_uri)
+        self.client = store.client(tracking_uri)
         self._good_names: set[str] = set()
         self._finished = False
         self._lock = stale.hold(run_dir) if run_dir is not None else None
@@ -184,13 +192,6 @@ def _valid_metric_name(name: str) -> bool:
 
 # ---------------------------------------------------------------------------- config → store
 
-def tracking_uri(cfg) -> str:
-    """The configured tracking URI, else the embedded SQLite store at ``paths.mlflow_db``."""
-    if cfg.logger.tracking_uri:
-        return str(cfg.logger.tracking_uri)
-    return f"sqlite:///{Path(cfg.paths.mlflow_db).expanduser().resolve()}"
-
-
 def _artifact_location(cfg, uri: str) -> str | None:
     """Keep a local store's artifacts in the project; a server decides its own."""
     if not uri.startswith("sqlite:"):
@@ -275,11 +276,11 @@ def read_run(client, run_id: str | None):
         try:
             return client.get_run(run_id)
         except MlflowException as exc:
-            if not journal.is_transient(exc):
+            if not is_transient(exc):
                 return None  # not a run of this store
             if wait is None:
                 raise ConfigError(f"the MLflow store did not answer when run {run_id} was read back to "
-                                  f"resume it ({journal.reason(exc)}); nothing is lost: run the same "
+                                  f"resume it ({reason(exc)}); nothing is lost: run the same "
                                   "command again when it answers") from None
             time.sleep(wait)
 
@@ -295,13 +296,11 @@ def start_tracker(cfg, run_dir: str | Path, *, run_name: str, tags: dict | None 
     """Open the MLflow run for ``run_dir``: the one it had (``resume``) or a new one."""
     if cfg.logger.name == "none":
         return NullTracker()
-    from mlflow.tracking import MlflowClient
-
     uri = tracking_uri(cfg)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if store.sqlite_file(uri) is not None:
+        store.sqlite_file(uri).parent.mkdir(parents=True, exist_ok=True)
     configure_http()
-    client = MlflowClient(uri)
+    client = store.client(uri)
     experiment_id = _experiment_id(client, cfg, uri)
     run_dir = Path(run_dir).resolve()
     run = _open_run(client, read_run_id(run_dir)) if resume else None

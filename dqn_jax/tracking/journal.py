@@ -25,6 +25,8 @@ import logging
 import sys
 from pathlib import Path
 
+from dqn_jax.tracking import store
+from dqn_jax.tracking.errors import first_line, is_transient, reason
 from dqn_jax.tracking.http import configure_http
 
 log = logging.getLogger(__name__)
@@ -33,37 +35,9 @@ UNSENT_GLOB = "mlflow-unsent-*.jsonl"  # one file per MLflow run id
 IMPORT_COMMAND = "python -m dqn_jax.tracking import {run_dir}"
 PARAMS_PER_BATCH = 100  # MLflow's limit on params in one log_batch
 METRICS_PER_BATCH = 1000  # MLflow's limit on metrics in one log_batch
-# MLflow error codes that mean "try again later", not "this request is wrong"
-TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED",
-                   "DEADLINE_EXCEEDED", "ABORTED"}
 
 
 # ---------------------------------------------------------------------------- sending
-
-def is_transient(exc: BaseException) -> bool:
-    """True when the store could not be reached or was busy: keep the values and retry.
-
-    MLflow wraps a connection failure, a timeout or retries run out in an
-    ``MlflowException`` whose context is the ``requests`` error; a locked SQLite store
-    is an ``OperationalError`` (error code TEMPORARILY_UNAVAILABLE).
-    """
-    import requests
-    import sqlalchemy.exc
-
-    seen = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, (requests.exceptions.RequestException, ConnectionError, TimeoutError,
-                              sqlalchemy.exc.OperationalError)):
-            return True
-        if getattr(error, "error_code", None) in TRANSIENT_CODES:
-            return True
-        if "failed with error code 50" in str(error):  # a 5xx answer with no JSON body
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
 
 def batch_at(ops, start: int = 0) -> list:
     """The operations sent in one call from ``start``: up to 1000 metrics in a row, else one."""
@@ -124,22 +98,6 @@ def counts(ops) -> str:
     return " and ".join(p for p in parts if p) or "nothing"
 
 
-def reason(exc: BaseException) -> str:
-    """A few words on why a call failed, for a log line (MLflow's messages run to 500 characters)."""
-    seen, error, text = set(), exc, ""
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        text += f" {error}"
-        error = error.__cause__ or error.__context__
-    for needle, words in (("Connection refused", "connection refused"), ("timed out", "timed out"),
-                          ("database is locked", "database is locked"),
-                          ("Name or service not known", "unknown host"),
-                          ("failed with error code 50", "server error")):
-        if needle in text:
-            return words
-    return _first_line(exc)
-
-
 # ---------------------------------------------------------------------------- the file
 
 def unsent_path(run_dir: str | Path, run_id: str) -> Path:
@@ -183,11 +141,9 @@ def import_file(path: Path, tracking_uri: str | None = None) -> tuple[int, int]:
     operations not sent stay in the file (send it again later) and ConnectionError is
     raised; an operation the store refuses (the run was deleted) is counted and dropped.
     """
-    from mlflow.tracking import MlflowClient
-
     header, ops = read(path)
     uri = tracking_uri or header["tracking_uri"]
-    client, run_id = MlflowClient(uri), header["run_id"]
+    client, run_id = store.client(uri), header["run_id"]
     sent = refused = index = 0
     while index < len(ops):
         batch = batch_at(ops, index)
@@ -202,7 +158,7 @@ def import_file(path: Path, tracking_uri: str | None = None) -> tuple[int, int]:
                 raise ConnectionError(f"the tracking store at {uri} is still away ({reason(exc)}); "
                                       f"{len(ops) - index} operations are left in {path}") from None
             refused += len(batch)
-            log.warning("MLflow: %s refused: %s", batch[0][0], _first_line(exc))
+            log.warning("MLflow: %s refused: %s", batch[0][0], first_line(exc))
         index += len(batch)
     path.unlink()
     return sent, refused
@@ -215,11 +171,6 @@ def import_unsent(run_dir: str | Path, tracking_uri: str | None = None) -> tuple
         done, failed = import_file(path, tracking_uri)
         sent, refused = sent + done, refused + failed
     return sent, refused
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 def main(argv=None) -> int:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from dqn_jax.tracking import journal
+from dqn_jax.tracking.errors import is_transient, reason
 
 log = logging.getLogger("dqn_jax.tracking")
 
@@ -122,7 +123,7 @@ class Sender:
             try:
                 journal.send(self.client, self.run_id, batch)
             except Exception as exc:
-                if journal.is_transient(exc):
+                if is_transient(exc):
                     self._went_away(exc)
                     self._failed_at = time.monotonic()
                     return False
@@ -144,7 +145,7 @@ class Sender:
             self.down_since = time.monotonic()
             log.warning("MLflow: the tracking store at %s does not answer (%s); training goes on, "
                         "the values are kept and sent when it is back", self.tracking_uri,
-                        journal.reason(exc))
+                        reason(exc))
 
     def _came_back(self) -> None:
         with self._lock:

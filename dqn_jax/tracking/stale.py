@@ -22,6 +22,8 @@ import os
 import socket
 from pathlib import Path
 
+from dqn_jax.tracking import store
+
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".mlflow-run.lock"
@@ -97,11 +99,8 @@ def close_orphaned_sweep(client, parent_id: str, by: str) -> list[str]:
     except MlflowException:
         return []
     closed = [parent_id] if close_if_orphaned(client, parent, by) else []
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    for start in range(0, len(experiments), 100):
-        for child in client.search_runs(experiments[start:start + 100], max_results=5000,
-                                        filter_string=f"tags.mlflow.parentRunId = '{parent_id}' "
-                                                      "and attributes.status = 'RUNNING'"):
-            if close_if_orphaned(client, child, by):
-                closed.append(child.info.run_id)
+    for child in store.search_runs(client, f"tags.mlflow.parentRunId = '{parent_id}' "
+                                           "and attributes.status = 'RUNNING'"):
+        if close_if_orphaned(client, child, by):
+            closed.append(child.info.run_id)
     return closed

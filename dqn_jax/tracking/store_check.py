@@ -22,6 +22,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dqn_jax.config import ConfigError
+from dqn_jax.tracking import store
+from dqn_jax.tracking.errors import reason
 from dqn_jax.tracking.http import HTTP_DEFAULTS
 
 ALLOWED_URIS = ("use http(s)://host:port, sqlite:///path, postgresql://, mysql:// or databricks, "
@@ -79,13 +81,11 @@ def _check_sqlite(given: str, uri: str) -> None:
 
 def _probe(uri: str, what: str, advice: str) -> None:
     """One search_experiments call without retries, in a thread given CHECK_SECONDS + 3."""
-    from mlflow.tracking import MlflowClient
-
     outcome: list = []
 
     def call() -> None:
         try:
-            MlflowClient(uri).search_experiments(max_results=1)
+            store.client(uri).search_experiments(max_results=1)
             outcome.append(None)
         except Exception as exc:
             outcome.append(exc)
@@ -106,29 +106,5 @@ def _probe(uri: str, what: str, advice: str) -> None:
     if not outcome:
         raise ConfigError(f"{what} (no answer within {CHECK_SECONDS + 3} s); {advice}")
     if outcome[0] is not None:
-        raise ConfigError(f"{what} ({_why(outcome[0])}); {advice}")
-
-
-def _why(exc: BaseException) -> str:
-    """A few words on why a store could not be used, from the whole exception chain."""
-    text = " ".join(str(e) for e in _chain(exc))
-    for needle, words in (("Connection refused", "connection refused"),
-                          ("Name or service not known", "unknown host"),
-                          ("Temporary failure in name resolution", "unknown host"),
-                          ("nodename nor servname", "unknown host"),
-                          ("timed out", f"no answer within {CHECK_SECONDS} s"),
-                          ("error code 401", "HTTP 401: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
-                          ("error code 403", "HTTP 403: this user may not use the server"),
-                          ("error code 404", "HTTP 404: no MLflow tracking API at this address")):
-        if needle in text:
-            return words
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:200]
-
-
-def _chain(exc: BaseException | None):
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
+        why = reason(outcome[0], timed_out=f"no answer within {CHECK_SECONDS} s", limit=200)
+        raise ConfigError(f"{what} ({why}); {advice}")

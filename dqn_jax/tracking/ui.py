@@ -4,9 +4,10 @@ MLflow 3's UI starts in its "GenAI" mode (an experiment opens on traces and toke
 usage). The query parameter ``workflowType=machine_learning`` switches it to "Model
 training" (an experiment opens on its runs), and ``compareRunsMode=CHART`` shows their
 metric charts. ``make ui`` prints these addresses for every experiment of the store
-before it starts ``mlflow ui``::
+before it starts ``mlflow ui`` on the store that ``--print-uri`` names::
 
     python -m dqn_jax.tracking.ui [--root .] [--port 5000]
+    python -m dqn_jax.tracking.ui [--root .] --print-uri    # the embedded store's URI, only
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sqlite3
 from pathlib import Path
+
+from dqn_jax.tracking import store
 
 TRAINING = "workflowType=machine_learning"
 CHARTS = "compareRunsMode=CHART"
@@ -47,10 +50,15 @@ def main(argv=None) -> int:
     parser.add_argument("--root", default=".", help="the project root of the embedded store (paths.root)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", default="5000")
+    parser.add_argument("--print-uri", action="store_true", help="print the store's URI (for mlflow ui), only")
     args = parser.parse_args(argv)
+    uri = store.store_uri(args.root)
+    if args.print_uri:
+        print(uri)
+        return 0
     base = f"http://{args.host}:{args.port}"
     print(f"MLflow UI (training runs): {experiments_address(base)}")
-    for experiment_id, name in experiments(Path(args.root).expanduser().resolve() / "mlruns.db"):
+    for experiment_id, name in experiments(store.sqlite_file(uri)):
         print(f"  {name}: {runs_address(base, experiment_id)}")
     return 0
 
