@@ -20,7 +20,6 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dqn_jax import config as config_module
@@ -108,7 +107,7 @@ def one_line(text: str) -> str:
         if not line or line.startswith(("Set the environment variable HYDRA_FULL_ERROR",
                                         "reference_type=", "object_type=", "To append to your")):
             continue
-        kept.append(line)
+        kept.append(line.removeprefix("dqn_jax: error: "))  # one prefix (a sweep's store check has it)
     message = "; ".join(kept)
     message = message.split("; Config search path:")[0]  # Hydra's search path: noise to a user
     message = re.sub(r"Available options in '([^']+)':; ", r"options for \1: ", message)
@@ -122,13 +121,6 @@ def one_line(text: str) -> str:
     elif renamed and renamed.group(1).startswith("algorithm."):
         message += _other_algorithms(renamed.group(1).removeprefix("algorithm."))
     return f"dqn_jax: error: {message}"
-
-
-def _is_multirun() -> bool:
-    try:
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:
-        return False
 
 
 # An absolute path: Hydra reads a relative one against the calling module when the app is
@@ -152,11 +144,11 @@ def app(cfg: DictConfig):
             stop_request.check()  # Ctrl-C while starting up: do not start the run
             return run(settings)
     except KeyboardInterrupt:
-        if _is_multirun() and not sweep_jobs.in_launching_process():
+        if sweep_jobs.is_multirun() and not sweep_jobs.in_launching_process():
             sweep_jobs.job_stopped(stop_request)  # saved and closed: requeued (submitit), or a KILLED job
         raise
     except (ConfigError, Diverged) as err:
-        if _is_multirun():
+        if sweep_jobs.is_multirun():
             raise  # Hydra marks this job failed; the sweep's other jobs go on
         if isinstance(err, ConfigError):
             _remove_empty_run_dir(cfg)
@@ -167,7 +159,7 @@ def app(cfg: DictConfig):
 def _marked_running():
     """A sweep job in a worker process is marked running, so a stop signal to the launching
     process reaches it (:func:`dqn_jax.sweeps.jobs.stop_running_jobs`)."""
-    if not _is_multirun() or sweep_jobs.in_launching_process():
+    if not sweep_jobs.is_multirun() or sweep_jobs.in_launching_process():
         return contextlib.nullcontext()
     hydra_cfg = HydraConfig.get()
     return sweep_jobs.running_job(hydra_cfg.sweep.dir, hydra_cfg.job.num)

@@ -57,6 +57,16 @@ RECIPES = {
         "schedule.epsilon.span": 50000, "name": "learns-dqn",
     },
     "cartpole_games": {**CARTPOLE, "algorithm.name": "hvass", "name": "default"},
+    "breakout_dopamine_dqn": {
+        "env.game": "breakout", "network.name": "nature", "network.conv_features": [32, 64, 64],
+        "network.dense": [512], "env.encoding": "frame_stack", "env.stack_size": 4, "env.height": 84,
+        "env.width": 84, "env.lives_are_terminals": False, "env.repeat_action_probability": 0.25,
+        "algorithm.name": "dqn", "algorithm.warmup": 20000, "algorithm.train_every": 4,
+        "algorithm.target_copy_states": 8000, "algorithm.huber_delta": None, "algorithm.discount": 0.99,
+        "memory.batch_size": 32, "schedule.epsilon.end": 0.01, "schedule.epsilon.span": 250000,
+        "schedule.learning_rate.start": 6.25e-5, "schedule.learning_rate.end": 6.25e-5,
+        "optimizer.name": "adam", "optimizer.eps": 1.5e-4, "steps": 1200000, "test_episodes_after_training": 30,
+    },
     "compare_algorithms": {
         "env.game": "breakout", **SMALL_CNN, "env.num_envs": 8, "memory.size": 100000, "steps": 1200000,
         "seed": 0, "test_episodes_after_training": 30, "schedule.epsilon.span": 600000,

@@ -16,6 +16,10 @@ closes it (and its orphaned children) KILLED, with a tag saying why (:mod:`dqn_j
 
 :class:`JobResources` (added by ``hydra/launcher=local_parallel``) gives each parallel job
 on one machine its share of the cores and of the GPU's memory (:mod:`dqn_jax.sweeps.job_resources`).
+``dqn-jax-compare`` draws a sweep's runs side by side (:mod:`dqn_jax.sweeps.compare`).
+
+May import: ``dqn_jax.runner``, ``dqn_jax.tracking`` and everything below them; never the
+analysis or the application.
 """
 
 from __future__ import annotations
@@ -43,39 +47,20 @@ from dqn_jax.sweeps import jobs as sweep_jobs
 from dqn_jax.sweeps.job_resources import JobResources  # noqa: F401 - hydra/launcher=local_parallel names it here
 from dqn_jax.sweeps.jobs import (  # noqa: F401 - PARENT_RUN_ENV, child_run_name and job_overrides: used by others
     PARENT_RUN_ENV,
-    _client,
     _common_overrides,
     _cut,
-    _hydra_config,
-    _is_multirun,
     child_run_name,
+    is_multirun,
     job_overrides,
     sweep_id,
     sweep_parent_run_id,
 )
-from dqn_jax.tracking import stale
+from dqn_jax.tracking import stale, store
 
 log = logging.getLogger(__name__)
 
-JOB_TAG = "dqn_jax.jobs."  # parent tags dqn_jax.jobs.<num> = COMPLETED | FAILED: <error>
+JOB_TAG = "dqn_jax.jobs."  # parent tags dqn_jax.jobs.<num> = COMPLETED | FAILED: <error> | KILLED: <why>
 INTERRUPTED_FILE = sweep_jobs.INTERRUPTED_FILE  # in the sweep directory after a stop signal
-
-
-# ---------------------------------------------------------------------------- the jobs' side
-
-def _job_run(client, config, started_ms: int):
-    """The MLflow run the job opened or continued (its id is in the job's directory)."""
-    run = tracking._open_run(client, tracking.read_run_id(config.hydra.runtime.output_dir))
-    if run is None:
-        return None
-    touched = max(run.info.start_time or 0, run.info.end_time or 0)
-    # a run left in the directory by an earlier sweep, not touched by this job, is not its run
-    return run if run.info.status == "RUNNING" or touched >= started_ms else None
-
-
-def _error_line(error: BaseException) -> str:
-    return _cut(f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else
-                type(error).__name__)
 
 
 # ---------------------------------------------------------------------------- the callback
@@ -160,6 +145,7 @@ class SweepParentCallback(Callback):
         os.environ[PARENT_RUN_ENV] = self.tracker.run_id
         # Closed at exit if the multirun does not end normally: before Python waits for
         # the threads left running (a job's hung thread must not keep the parent open).
+        # Private, as no public API runs before that wait (atexit runs after it); atexit if gone.
         register = getattr(threading, "_register_atexit", atexit.register)
         register(self._close_at_exit)
         log.info("MLflow: sweep %s, parent run %s", sid, self.tracker.run_id)
@@ -180,7 +166,7 @@ class SweepParentCallback(Callback):
 
         try:
             self.tracker.flush()
-            client = _client(self.config)
+            client = store.client(self.config)
             compare.compare(client, client.get_run(self.tracker.run_id), out_dir)
         except Exception as exc:  # a picture must not fail the sweep
             log.warning("MLflow: could not compare the sweep's runs: %s", exc)
@@ -209,7 +195,7 @@ class SweepParentCallback(Callback):
         A job still running elsewhere (a cluster) sets its own status when it ends.
         """
         try:
-            client = _client(self.config)
+            client = store.client(self.config)
             for child in _children(client, self.tracker.run_id):
                 if child.info.status == "RUNNING":
                     client.set_tag(child.info.run_id, "dqn_jax.closed_by_sweep", "true")
@@ -219,7 +205,7 @@ class SweepParentCallback(Callback):
 
     def _count_jobs(self) -> tuple[int, list[str]]:
         try:
-            tags = _client(self.config).get_run(self.tracker.run_id).data.tags
+            tags = store.client(self.config).get_run(self.tracker.run_id).data.tags
         except Exception as exc:
             log.warning("MLflow: could not read the sweep's job tags: %s", exc)
             return 0, []
@@ -245,7 +231,7 @@ class SweepParentCallback(Callback):
                               "optimization_results.yaml")
         wanted = {f"{k}={v}" for k, v in best.items()}
         try:
-            for child in _children(_client(self.config), self.tracker.run_id):
+            for child in _children(store.client(self.config), self.tracker.run_id):
                 given = set(json.loads(child.data.tags.get("dqn_jax.overrides_json", "[]")))
                 if wanted and wanted <= given and child.info.status == "FINISHED":
                     self.tracker.set_tags({"dqn_jax.best_run_id": child.info.run_id,
@@ -267,7 +253,7 @@ class SweepParentCallback(Callback):
         self._job_started_ms = int(time.time() * 1000) - 1000
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if not _is_multirun(config.hydra) or config.logger.name == "none":
+        if not is_multirun(config.hydra) or config.logger.name == "none":
             return
         try:
             self._record_job(config, job_return)
@@ -275,15 +261,13 @@ class SweepParentCallback(Callback):
             log.warning("MLflow: could not record sweep job %s: %s", config.hydra.job.num, exc)
 
     def _record_job(self, config: DictConfig, job_return: Any) -> None:
-        from hydra.core.utils import JobStatus
-
-        client = _client(config)
+        client = store.client(config)
         parent_id = sweep_parent_run_id()
         common = _common_overrides(client, parent_id)
         mine = job_overrides(config, common)
-        failed = job_return.status != JobStatus.COMPLETED
-        error = job_return._return_value if failed else None
-        stopped = isinstance(error, sweep_jobs.JobStopped)  # saved and KILLED: not a failure
+        error = sweep_jobs.job_error(job_return)
+        status = tracking.run_status(error)  # KILLED: stopped and saved (JobStopped), not a failure
+        failed, stopped = error is not None, status == "KILLED"
         tags = {"dqn_jax.sweep_id": sweep_id(config.hydra.sweep.dir),
                 "dqn_jax.job_num": str(config.hydra.job.num),
                 "dqn_jax.overrides": _cut(" ".join(mine)),
@@ -293,19 +277,19 @@ class SweepParentCallback(Callback):
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
         if failed and not stopped:
-            tags["dqn_jax.error"] = _error_line(error)
-        run = _job_run(client, config, self._job_started_ms)
+            tags["dqn_jax.error"] = sweep_jobs.error_line(error)
+        run = sweep_jobs.job_run(client, config, self._job_started_ms)
         if run is None and failed and not stopped:  # a job stopped before it started has no run
-            run = _open_failed_run(config, tags, parent_id, error)
+            run = sweep_jobs.open_failed_run(config, tags, parent_id, error)
         if run is not None:
             from mlflow.entities import RunTag
 
             client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             if failed and run.info.status == "RUNNING":
-                client.set_terminated(run.info.run_id, "FAILED")
+                client.set_terminated(run.info.run_id, status)
         if parent_id:
-            status = f"{'KILLED' if stopped else 'FAILED'}: {_error_line(error)}" if failed else "COMPLETED"
-            client.set_tag(parent_id, f"{JOB_TAG}{config.hydra.job.num}", _cut(status))
+            outcome = f"{status}: {sweep_jobs.error_line(error)}" if failed else "COMPLETED"
+            client.set_tag(parent_id, f"{JOB_TAG}{config.hydra.job.num}", _cut(outcome))
 
 
 def _start_ray(config: DictConfig) -> None:
@@ -325,8 +309,7 @@ def _check_store(config: DictConfig) -> None:
     try:
         tracking.check_store(config)
     except ConfigError as err:
-        held = type(sys.stderr).__name__ == "_HeldStderr"  # dqn_jax.__main__ adds the prefix
-        print(str(err) if held else f"dqn_jax: error: {err}", file=sys.stderr)
+        print(f"dqn_jax: error: {err}", file=sys.stderr)  # (dqn_jax.__main__ keeps one such prefix)
         raise SystemExit(2) from None
 
 
@@ -335,7 +318,7 @@ def _close_killed_launch(config: DictConfig, parent_id: str | None) -> None:
     if not parent_id:
         return
     try:
-        closed = stale.close_orphaned_sweep(_client(config), parent_id, "a relaunch of the sweep")
+        closed = stale.close_orphaned_sweep(store.client(config), parent_id, "a relaunch of the sweep")
     except Exception as exc:
         log.warning("MLflow: could not check the earlier launch of this sweep: %s", exc)
         return
@@ -370,29 +353,6 @@ def _sweep_params(config: DictConfig) -> dict[str, Any]:
     return params
 
 
-def _open_failed_run(config: DictConfig, tags: dict, parent_id: str | None, error):
-    """A child run for a job that failed before opening its own: FAILED, with the error."""
-    import traceback
-
-    run_dir = Path(config.hydra.runtime.output_dir)
-    name = tags.get("mlflow.runName") or f"{OmegaConf.select(config, 'env.game', default='job')}-{config.name}"
-    tracker = tracking.start_tracker(config, run_dir, run_name=name,
-                                     tags=tags, parent_run_id=parent_id, resume=False)
-    if tracker.run_id is None:
-        return None
-    if error is not None:
-        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        tracker.log_text(text, "error.txt")
-    tracker.finish("FAILED")
-    return _client(config).get_run(tracker.run_id)
-
-
 def _children(client, parent_id: str) -> list:
     """Every run whose parent is ``parent_id``, in any experiment of the store."""
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = []
-    for start in range(0, len(experiments), 100):
-        runs += client.search_runs(experiments[start:start + 100],
-                                   filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
-                                   max_results=5000)
-    return runs
+    return store.search_runs(client, f"tags.mlflow.parentRunId = '{parent_id}'")

@@ -16,20 +16,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from dqn_jax import tracking
+from dqn_jax.sweeps.jobs import is_multirun
+from dqn_jax.tracking import store
 
 log = logging.getLogger("dqn_jax.sweeps")
-
-
-def _is_multirun(hydra_cfg) -> bool:
-    from hydra.types import RunMode
-
-    return hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
-
-
-def _client(config):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking.tracking_uri(config))
 
 
 class JobResources(Callback):
@@ -50,7 +40,7 @@ class JobResources(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.seen = {}
-        if not _is_multirun(config.hydra):
+        if not is_multirun(config.hydra):
             return
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{self.gpu_memory / self.n_jobs:.3f}")
@@ -65,7 +55,7 @@ class JobResources(Callback):
         if not getattr(self, "seen", None) or config.logger.name == "none":
             return
         try:
-            client = _client(config)
+            client = store.client(config)
             run_id = tracking.read_run_id(config.hydra.runtime.output_dir)
             if run_id:
                 for key, value in self.seen.items():

@@ -6,23 +6,28 @@ environment (basic, joblib/loky, submitit local, a local Ray), and in the file
 ``<hydra.sweep.dir>/mlflow_run_id`` for those on a shared file system (Slurm).
 :func:`job_overrides` and :func:`child_run_name` give a job's own overrides, less those
 the sweep's command gives every job: its children are named by what they vary.
+:func:`is_multirun` tells a sweep's job from a single run. A stop signal reaches the
+running jobs (:func:`stop_running_jobs`); at a job's end, :func:`job_error`,
+:func:`job_run` and :func:`open_failed_run` give what it raised and the run to tag.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, redirect_stderr, suppress
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from dqn_jax import tracking
 from dqn_jax.runner.interrupts import signal_name
+from dqn_jax.tracking import store
 
 log = logging.getLogger("dqn_jax.sweeps")
 
@@ -36,9 +41,12 @@ def _hydra_config() -> DictConfig | None:
     return HydraConfig.get() if HydraConfig.initialized() else None
 
 
-def _is_multirun(hydra_cfg) -> bool:
+def is_multirun(hydra_cfg=None) -> bool:
+    """True in a job of a Hydra multirun; ``hydra_cfg``: the job's ``hydra`` config, else the
+    running Hydra app's (False outside one)."""
     from hydra.types import RunMode
 
+    hydra_cfg = hydra_cfg if hydra_cfg is not None else _hydra_config()
     return hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
 
 
@@ -50,7 +58,7 @@ def sweep_parent_run_id() -> str | None:
     ``$DQN_JAX_PARENT_RUN_ID`` (workers that inherit the launching process's environment).
     """
     hydra_cfg = _hydra_config()
-    if _is_multirun(hydra_cfg):
+    if is_multirun(hydra_cfg):
         from_file = tracking.read_run_id(str(hydra_cfg.sweep.dir))
         if from_file:
             return from_file
@@ -60,12 +68,6 @@ def sweep_parent_run_id() -> str | None:
 def sweep_id(sweep_dir: str | Path) -> str:
     """A sweep's id: the name of its directory (by default its start time)."""
     return Path(str(sweep_dir)).name
-
-
-def _client(config):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking.tracking_uri(config))
 
 
 def _cut(text: str) -> str:
@@ -108,7 +110,7 @@ def child_run_name(default_name: str, cfg=None) -> str:
     basic sweeper writes it), else from the parent run (``cfg`` gives the store).
     """
     hydra_cfg = _hydra_config()
-    if not _is_multirun(hydra_cfg):
+    if not is_multirun(hydra_cfg):
         return default_name
     return _cut(" ".join(_varied([str(o) for o in hydra_cfg.overrides.task],
                                  _command_overrides(hydra_cfg, cfg)))) or default_name
@@ -120,7 +122,7 @@ def _command_overrides(hydra_cfg, cfg) -> list[str]:
         if saved.is_file():
             return [str(o) for o in OmegaConf.load(saved).hydra.overrides.task]
         if cfg is not None and cfg.logger.name != "none":
-            return _common_overrides(_client(cfg), sweep_parent_run_id())
+            return _common_overrides(store.client(cfg), sweep_parent_run_id())
     except Exception as exc:  # a name is not worth failing the job for
         log.warning("could not read the sweep's overrides to name the job's run: %s", exc)
     return []
@@ -144,7 +146,7 @@ INTERRUPTED_FILE = ".interrupted"  # in the sweep directory after a stop signal:
 RUNNING_DIR = ".running"  # in the sweep directory: a file per job running now, holding its pid
 
 
-class JobStopped(RuntimeError):
+class JobStopped(tracking.RunStopped):
     """A sweep job in a worker process stopped by a signal: saved, its run KILLED."""
 
 
@@ -221,3 +223,53 @@ def stop_running_jobs(sweep_dir: str | Path, signum: int, grace: float) -> int:
             signalled.add(pid)
         time.sleep(0.1)
     return len(signalled)
+
+
+# ---------------------------------------------------------------------------- a job's end
+
+def job_run(client, config, started_ms: int):
+    """The MLflow run the job opened or continued (its id is in the job's directory)."""
+    run = tracking._open_run(client, tracking.read_run_id(config.hydra.runtime.output_dir))
+    if run is None:
+        return None
+    touched = max(run.info.start_time or 0, run.info.end_time or 0)
+    # a run left in the directory by an earlier sweep, not touched by this job, is not its run
+    return run if run.info.status == "RUNNING" or touched >= started_ms else None
+
+
+def job_error(job_return) -> BaseException | None:
+    """What a job raised, or None if it completed. Hydra's public ``return_value`` raises it,
+    after a line on stderr that Hydra's sweeper writes anyway when it reads it: kept out here."""
+    from hydra.core.utils import JobStatus
+
+    if job_return.status == JobStatus.COMPLETED:
+        return None
+    try:
+        with redirect_stderr(io.StringIO()):
+            _ = job_return.return_value
+    except BaseException as error:  # the job's own exception, re-raised by Hydra
+        return error
+    return None
+
+
+def error_line(error: BaseException) -> str:
+    """The error's type and first line, cut to a tag's length."""
+    return _cut(f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else
+                type(error).__name__)
+
+
+def open_failed_run(config: DictConfig, tags: dict, parent_id: str | None, error):
+    """A child run for a job that failed before opening its own: FAILED, with the error."""
+    import traceback
+
+    run_dir = Path(config.hydra.runtime.output_dir)
+    name = tags.get("mlflow.runName") or f"{OmegaConf.select(config, 'env.game', default='job')}-{config.name}"
+    tracker = tracking.start_tracker(config, run_dir, run_name=name,
+                                     tags=tags, parent_run_id=parent_id, resume=False)
+    if tracker.run_id is None:
+        return None
+    if error is not None:
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        tracker.log_text(text, "error.txt")
+    tracker.finish("FAILED")
+    return store.client(config).get_run(tracker.run_id)
