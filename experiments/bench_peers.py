@@ -13,8 +13,9 @@ cannot match is said in its row of the table.
 
 How states/s is measured: each run is a process of its own, started from its own virtual
 environment (peers: .venv-peers/<name>; dqn_jax: `python -m dqn_jax` from this checkout).
-The harness stamps every progress line the run prints (dqn_jax's and CleanRL's per-episode
-lines, a 250-state callback line for SBX) with its arrival time, and states/s is
+The harness stamps every progress line the run prints (the per-episode lines of dqn_jax,
+CleanRL and Dopamine's Runner, a 250-state callback line for SBX) with its arrival time,
+and states/s is
 
     (states at the last line - states at the first line past warm-up + skip)
     / (time between those two lines)
@@ -23,13 +24,14 @@ so start-up, compilation of the first gradient step (inside `skip`), the warm-up
 end (checkpoint, summary) are outside the window, and what is inside is the whole
 training loop: acting, storing, sampling, learning and target copies (and the peer's own
 tracking where it has it on by default). A run still going `window_s` seconds into its
-window (a slow peer) is stopped there and timed over those seconds. The frameworks run one after the other, once
-each; on a shared machine run it twice and compare.
+window (a slow peer) is stopped there and timed over those seconds. The frameworks run
+one after the other, once each; on a shared machine run it twice and compare.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import platform
@@ -102,8 +104,9 @@ FRAMEWORKS = {
         "forward pass, NoFrameskip-v4 + max-and-skip 4"),
     "dopamine": Framework(
         "dopamine", r"Steps executed: (?P<states>\d+)", ("dopamine-rl", "jax"),
-        "JaxDQNAgent (dqn.gin) through run_experiment.Runner, gin bindings for the work",
-        "Dopamine's sticky-action Atari preprocessing, its circular replay buffer"),
+        "JaxDQNAgent through run_experiment.Runner (gin bindings), Nature network, RMSProp (centred), Huber",
+        "epsilon 1 through the warm-up, then 0.1 (it decays only after); its replay buffer (compressed "
+        "transitions), ALE v5 sticky actions with its own max-pooled skip; its default summaries"),
 }
 
 
@@ -197,6 +200,24 @@ def table(rows: list[dict], markdown: bool = False) -> str:
 
 # ------------------------------------------------------------------------------ running
 
+def kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def records(fd: int):
+    """(arrival time, record) for each record read from ``fd``, a record ending at \n or \r."""
+    pending = b""
+    while chunk := os.read(fd, 1 << 16):
+        now = time.monotonic()
+        *done, pending = re.split(rb"[\r\n]", pending + chunk)
+        for record in done:
+            if record.strip():
+                yield now, record.decode(errors="replace")
+    if pending.strip():
+        yield time.monotonic(), pending.decode(errors="replace")
+
+
 def versions(fw: Framework, dqn_jax_root: Path = ROOT) -> str:
     py = fw.python()
     if not py.exists():
@@ -231,22 +252,21 @@ def run_one(name: str, work: Work, timeout: float, log_dir: Path | None, dqn_jax
     with tempfile.TemporaryDirectory(prefix=f"bench-peers-{name}-") as tmp:
         cmd = command(name, work, Path(tmp))
         start = time.monotonic()
-        # binary, split on \n only: a progress bar's \r-separated records stay in their line
+        # each record (ended by \n or by a progress bar's or Dopamine's \r) stamped as it arrives
         p = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              start_new_session=True)  # a process group of its own, ended whole
-        timer = threading.Timer(timeout, lambda: os.killpg(p.pid, signal.SIGKILL))
+        timer = threading.Timer(timeout, kill_group, (p.pid,))
         timer.start()
         first, stopped = None, False  # when the timed window began; whether the harness ended the run
         try:
-            for raw in p.stdout:
-                now, line = time.monotonic(), raw.decode(errors="replace")
+            for now, line in records(p.stdout.fileno()):
                 lines.append((now, line))
                 points = progress_points([(now, line)], fw.pattern)
                 if points and not stopped:
                     if first is None and points[-1][1] >= work.warmup + work.skip:
                         first = now
                     if first is not None and now - first >= work.window_s:
-                        os.killpg(p.pid, signal.SIGKILL)  # timed long enough: the rest changes nothing
+                        kill_group(p.pid)  # timed long enough: the rest changes nothing
                         stopped = True
             p.wait()
         finally:
@@ -255,10 +275,10 @@ def run_one(name: str, work: Work, timeout: float, log_dir: Path | None, dqn_jax
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
         (log_dir / f"{name}.log").write_text(" ".join(cmd) + "\n" + "".join(
-            f"{t - start:9.3f} {line}" for t, line in lines))
+            f"{t - start:9.3f} {line}\n" for t, line in lines))
     row["wall_s"], row["stopped"] = wall, stopped
     if p.returncode != 0 and not stopped:
-        tail = "".join(line for _, line in lines[-5:]).strip().replace("\n", " / ")[-300:]
+        tail = " / ".join(line.strip() for _, line in lines[-5:])[-300:]
         row["error"] = f"exit {p.returncode}: {tail}"
         return row
     try:

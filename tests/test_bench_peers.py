@@ -4,6 +4,7 @@ framework prints, the timed window, the ratio table and the matched command line
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,18 @@ def test_progress_lines_of_each_framework():
     sbx = [(4.0, "obs (84, 84, 4) uint8; sbx 0.28.0\n"), (5.0, "progress states=250\n"),
            (6.0, "done states=500\n")]
     assert bp.progress_points(sbx, bp.FRAMEWORKS["sbx"].pattern) == [(5.0, 250)]
+
+
+def test_records_end_at_newlines_and_carriage_returns():
+    read, write = os.pipe()
+    os.write(write, b"Steps executed: 250 Episode length: 250 Return: 1.0\rSteps executed: 4")
+    os.write(write, b"80 Episode length: 230 Return: 0.0\r\n\nlast")
+    os.close(write)
+    got = [line for _, line in bp.records(read)]
+    os.close(read)
+    assert got == ["Steps executed: 250 Episode length: 250 Return: 1.0",
+                   "Steps executed: 480 Episode length: 230 Return: 0.0", "last"]
+    assert bp.progress_points([(0.0, g) for g in got], bp.FRAMEWORKS["dopamine"].pattern) == [(0.0, 250), (0.0, 480)]
 
 
 def test_states_per_second_times_the_window_past_the_start():
