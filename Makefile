@@ -72,7 +72,7 @@ ui: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python experiments/bench.py $(ARGS)
 
-## dqn_jax's DQN against the JAX DQNs a user would pick instead (SBX, CleanRL), with the same
+## dqn_jax's DQN against the JAX DQNs a user would pick instead (SBX, CleanRL, Dopamine), with the same
 ## work on Breakout: one table of states/s and ratios (docs/benchmarks.md, "Against the
 ## peers"). Each peer gets its own pinned virtual environment in .venv-peers/<name>, made
 ## the first time. make bench-peers ARGS=--quick: a few minutes.
@@ -87,8 +87,19 @@ PEER_PINS_cleanrl := jax==0.10.2 jaxlib==0.10.2 flax==0.12.8 optax==0.2.8 numpy=
 	torch==2.13.0 stable-baselines3==2.3.2 gymnasium==0.29.1 ale-py==0.9.1 tensorboard==2.21.0 \
 	opencv-python-headless==5.0.0.93
 PEER_NODEPS_cleanrl := cleanrl==1.2.0
+# Dopamine 4.1.2 without its dependencies, which are listed here instead: its atari_lib
+# imports OpenAI's baselines (undeclared; 0.1.5 without its own, only its Atari wrappers are
+# needed), its tensorflow-probability (0.25) does not import with JAX 0.10 (tfp-nightly does),
+# and TensorFlow 2.21 no longer brings TensorBoard, which Flax's summary writer needs.
+PEER_PINS_dopamine := jax==0.10.2 jaxlib==0.10.2 flax==0.12.8 optax==0.2.8 numpy==2.4.6 \
+	tensorflow==2.21.0 tensorboard==2.21.0 tf-keras==2.21.0 tf-slim==1.1.0 \
+	tfp-nightly==0.26.0.dev20261027 gin-config==0.5.0 absl-py==2.5.1 gym==0.25.2 gymnasium==1.4.0 \
+	ale-py==0.12.1 opencv-python-headless==5.0.0.93 pillow==13.0.0 pygame==2.6.1 pandas==3.1.1 \
+	python-snappy==0.7.3 tqdm==4.70.1 scipy==1.17.1
+PEER_NODEPS_dopamine := dopamine-rl==4.1.2 baselines==0.1.5
 
-bench-peers: $(STAMP) $(PEERS)/sbx/.installed-stamp $(PEERS)/cleanrl/.installed-stamp
+bench-peers: $(STAMP) $(PEERS)/sbx/.installed-stamp $(PEERS)/cleanrl/.installed-stamp \
+		$(PEERS)/dopamine/.installed-stamp
 	$(BIN)/python experiments/bench_peers.py $(ARGS)
 
 # Rewritten only when a peer's pins change, so that a change reinstalls that peer.
