@@ -121,7 +121,7 @@ def command(name: str, work: Work, run_dir: Path) -> list[str]:
                 f"env.num_envs={work.games}", "network.dtype=float32", f"memory.size={work.memory}",
                 f"memory.batch_size={work.batch}", f"algorithm.warmup={work.warmup}",
                 f"algorithm.train_every={work.train_every}",
-                f"algorithm.target_copy_every={work.target_every // work.train_every}",
+                f"algorithm.target_copy_states={work.target_every}",
                 f"schedule.epsilon.start={work.eps_start}", f"schedule.epsilon.end={work.eps_end}",
                 f"schedule.epsilon.span={work.eps_span}", f"steps={work.states}", f"seed={work.seed}",
                 "logger=none", "progress=true", "checkpoint.resume=false", "name=bench-peers",

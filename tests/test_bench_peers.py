@@ -86,7 +86,7 @@ def test_commands_carry_the_same_work():
     jx = bp.command("dqn_jax", work, Path("/tmp/x"))
     assert {"algorithm=dqn", "network=nature", "env.encoding=frame_stack", "env.height=84", "env.width=84",
             "env.num_envs=1", "memory.size=10000", "memory.batch_size=32", "algorithm.warmup=2000",
-            "algorithm.train_every=4", "algorithm.target_copy_every=250",  # 1000 states / 4 per step
+            "algorithm.train_every=4", "algorithm.target_copy_states=1000",
             "schedule.epsilon.span=2000", "schedule.epsilon.end=0.1", "steps=6000"} <= set(jx)
     cr = bp.command("cleanrl", work, Path("/tmp/x"))
     assert {"--total-timesteps=6000", "--learning-starts=2000", "--buffer-size=10000", "--batch-size=32",
