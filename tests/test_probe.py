@@ -46,7 +46,10 @@ def reference_targets(network, train_state, states, rewards, ended, double: bool
 
 
 def _with_algorithm(cfg, name: str):
-    return dataclasses.replace(cfg, algorithm=dataclasses.replace(cfg.algorithm, name=name))
+    """The run's config with algorithm ``name`` (its own group; the run's discount kept)."""
+    from dqn_jax.config import ALGORITHM_SCHEMAS
+
+    return dataclasses.replace(cfg, algorithm=ALGORITHM_SCHEMAS[name](name=name, discount=cfg.algorithm.discount))
 
 
 @pytest.mark.parametrize("algorithm", ["dqn", "double_dqn"])

@@ -38,6 +38,7 @@ def root(tmp_path_factory) -> Path:
 
 def make_cfg(root: Path, **overrides):
     cfg = OmegaConf.structured(config.Config)
+    cfg.algorithm = OmegaConf.structured(config.HvassConfig)
     cfg.paths.root = str(root)
     for dotted, value in overrides.items():
         OmegaConf.update(cfg, dotted.replace("__", "."), value)
