@@ -81,6 +81,8 @@ def _check_sqlite(given: str, uri: str) -> None:
 
 def _probe(uri: str, what: str, advice: str) -> None:
     """One search_experiments call without retries, in a thread given CHECK_SECONDS + 3."""
+    import mlflow.tracking  # noqa: F401 - here, not in the thread: the import's seconds are not the store's
+
     outcome: list = []
 
     def call() -> None:
