@@ -175,30 +175,42 @@ def states_per_second(points, start: int) -> tuple[float, int, float]:
 def table(rows: list[dict], markdown: bool = False) -> str:
     """The printed table: one row per framework, its ratio to dqn_jax's states/s."""
     base = next((r["states_s"] for r in rows if r["name"] == "dqn_jax" and r.get("states_s")), None)
-    head = ("peer", "version", "settings", "differs from dqn_jax", "states/s", "ratio to dqn_jax")
+    head = ("peer", "version", "settings", "differs from dqn_jax", "states/s", "states per CPU-second",
+            "ratio to dqn_jax")
     body = []
     for r in rows:
         if r.get("states_s"):
             cut = ", then stopped" if r.get("stopped") else ""
             speed = f"{r['states_s']:.1f} ({r['timed_states']:,} st. in {r['timed_s']:.0f} s{cut})"
+            per_cpu = (f"{r['timed_states'] / r['cpu_s']:.1f} ({r['cpu_s'] / r['timed_s']:.0%} of a core)"
+                       if r.get("cpu_s") else "?")
             ratio = f"{r['states_s'] / base:.2f}" if base else "n/a (dqn_jax did not run)"
         else:
-            speed, ratio = "did not run", r.get("error", "")
-        body.append((r["name"], r["version"], r["settings"], r["differs"], speed, ratio))
+            speed, per_cpu, ratio = "did not run", "", r.get("error", "")
+        body.append((r["name"], r["version"], r["settings"], r["differs"], speed, per_cpu, ratio))
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in body]
         return "\n".join(lines)
     # plain text: the short columns on one line, settings and differences under it
-    lines = [f"{'peer':<10} {'version':<44} {'states/s':<32} ratio to dqn_jax"]
-    for name, version, settings, differs, speed, ratio in body:
-        lines.append(f"{name:<10} {version:<44} {speed:<32} {ratio}")
+    lines = [f"{'peer':<10} {'version':<44} {'states/s':<40} {'per CPU-second':<26} ratio to dqn_jax"]
+    for name, version, settings, differs, speed, per_cpu, ratio in body:
+        lines.append(f"{name:<10} {version:<44} {speed:<40} {per_cpu:<26} {ratio}")
         lines.append(f"{'':<10} settings: {settings}")
         lines.append(f"{'':<10} differs:  {differs}")
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ running
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
 
 def kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
@@ -258,11 +270,13 @@ def run_one(name: str, work: Work, timeout: float, log_dir: Path | None, dqn_jax
         timer = threading.Timer(timeout, kill_group, (p.pid,))
         timer.start()
         first, stopped = None, False  # when the timed window began; whether the harness ended the run
+        cpu: dict[float, float | None] = {}  # the run's CPU seconds when each progress line came
         try:
             for now, line in records(p.stdout.fileno()):
                 lines.append((now, line))
                 points = progress_points([(now, line)], fw.pattern)
                 if points and not stopped:
+                    cpu[now] = cpu_seconds(p.pid)
                     if first is None and points[-1][1] >= work.warmup + work.skip:
                         first = now
                     if first is not None and now - first >= work.window_s:
@@ -281,11 +295,16 @@ def run_one(name: str, work: Work, timeout: float, log_dir: Path | None, dqn_jax
         tail = " / ".join(line.strip() for _, line in lines[-5:])[-300:]
         row["error"] = f"exit {p.returncode}: {tail}"
         return row
+    points = progress_points(lines, fw.pattern)
     try:
-        row["states_s"], row["timed_states"], row["timed_s"] = states_per_second(
-            progress_points(lines, fw.pattern), work.warmup + work.skip)
+        row["states_s"], row["timed_states"], row["timed_s"] = states_per_second(points, work.warmup + work.skip)
     except ValueError as e:
         row["error"] = str(e)
+        return row
+    window = [t for t, s in points if s >= work.warmup + work.skip]
+    c0, c1 = cpu.get(window[0]), cpu.get(window[-1])
+    if c0 is not None and c1 is not None and c1 > c0:
+        row["cpu_s"] = c1 - c0  # the CPU time the run got over the window: its share of a shared machine
     return row
 
 

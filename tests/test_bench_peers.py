@@ -53,6 +53,11 @@ def test_records_end_at_newlines_and_carriage_returns():
     assert bp.progress_points([(0.0, g) for g in got], bp.FRAMEWORKS["dopamine"].pattern) == [(0.0, 250), (0.0, 480)]
 
 
+def test_cpu_seconds_of_a_process():
+    assert bp.cpu_seconds(os.getpid()) > 0
+    assert bp.cpu_seconds(2**22 + 12345) is None  # no such process
+
+
 def test_states_per_second_times_the_window_past_the_start():
     points = [(0.0, 100), (5.0, 2000), (10.0, 2600), (20.0, 3600), (30.0, 4600)]
     speed, states, seconds = bp.states_per_second(points, start=2500)
@@ -65,13 +70,14 @@ def test_states_per_second_times_the_window_past_the_start():
 def test_table_ratios_to_dqn_jax():
     rows = [
         {"name": "dqn_jax", "version": "commit abc jax 0.10.2", "settings": "s", "differs": "d",
-         "states_s": 80.0, "timed_states": 4000, "timed_s": 50.0},
+         "states_s": 80.0, "timed_states": 4000, "timed_s": 50.0, "cpu_s": 80.0},
         {"name": "cleanrl", "version": "cleanrl 1.2.0", "settings": "s", "differs": "d",
          "states_s": 60.0, "timed_states": 3000, "timed_s": 50.0, "stopped": True},
         {"name": "dopamine", "version": "?", "settings": "s", "differs": "d", "error": "not installed: x"},
     ]
     text = bp.table(rows)
     assert "80.0 (4,000 st. in 50 s)" in text and "1.00" in text
+    assert "50.0 (160% of a core)" in text  # 4,000 states on 80 CPU-seconds in 50 s
     assert "60.0 (3,000 st. in 50 s, then stopped)" in text and "0.75" in text
     assert "did not run" in text and "not installed: x" in text
     md = bp.table(rows, markdown=True).splitlines()
