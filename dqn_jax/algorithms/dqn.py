@@ -118,6 +118,25 @@ class Stats(NamedTuple):
         return cls(jnp.zeros((), f32), jnp.zeros((), f32), jnp.full((), jnp.inf, f32),
                    jnp.full((), -jnp.inf, f32), jnp.zeros((), jnp.int32))
 
+    def add(self, loss, taken) -> Stats:
+        """The sums with one more gradient step: its loss and the batch's Q(s, a)."""
+        return Stats(self.loss + loss, self.q + jnp.mean(taken), jnp.minimum(self.q_min, jnp.min(taken)),
+                     jnp.maximum(self.q_max, jnp.max(taken)), self.count + 1)
+
+
+def descend(network, optimizer, state: TrainState, states, actions, targets, learning_rate,
+            huber_delta: float | None):
+    """One optimiser step on the loss of Q(states, actions) against ``targets`` (traced
+    inside a jitted step); returns (params, opt_state, loss, Q(s, a))."""
+
+    def loss_fn(params):
+        return huber_td_loss(network.apply(params, states), actions, jax.lax.stop_gradient(targets), huber_delta)
+
+    (loss, taken), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    opt_state = set_learning_rate(state.opt_state, learning_rate)
+    updates, opt_state = optimizer.update(grads, opt_state, state.params)
+    return optax.apply_updates(state.params, updates), opt_state, loss, taken
+
 
 class Update:
     """One DQN gradient step, jitted once; ``train_state`` and ``stats`` are donated."""
@@ -142,20 +161,11 @@ class Update:
         next_online = apply(state.params, batch.next_states) if self.double else None
         targets = td_targets(batch.rewards, batch.terminal, apply(state.target_params, batch.next_states),
                              next_online, self.discount ** self.n_step, self.double)
-
-        def loss_fn(params):
-            return huber_td_loss(apply(params, batch.states), batch.actions, jax.lax.stop_gradient(targets),
-                                 self.huber_delta)
-
-        (loss, taken), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        opt_state = set_learning_rate(state.opt_state, learning_rate)
-        updates, opt_state = self.optimizer.update(grads, opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params, opt_state, loss, taken = descend(self.network, self.optimizer, state, batch.states, batch.actions,
+                                                 targets, learning_rate, self.huber_delta)
         count = state.updates + 1
         target = jax.lax.cond(count % self.target_copy_every == 0, lambda: params, lambda: state.target_params)
-        stats = Stats(stats.loss + loss, stats.q + jnp.mean(taken), jnp.minimum(stats.q_min, jnp.min(taken)),
-                      jnp.maximum(stats.q_max, jnp.max(taken)), stats.count + 1)
-        return TargetTrainState(params, opt_state, count, target), stats, key
+        return TargetTrainState(params, opt_state, count, target), stats.add(loss, taken), key
 
 
 @flax.struct.dataclass

@@ -2,7 +2,8 @@
 
 :func:`recompute_targets` walks each game's history in the replay memory backwards,
 exactly, either with a sequential ``lax.scan`` or in parallel with
-``lax.associative_scan``.
+``lax.associative_scan``. ``lam`` mixes in the one-step target (λ-returns,
+``algorithm=sweep_dqn``); without it the sweep is the tutorial's.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ NEG = -1e30
 # a >= 0; row count-1 (the sequence end) is the constant map giving its own max Q and
 # rows after it are identities. Both methods compute every M_k from these maps; the
 # targets follow as r_k + a_k * M_{k+1}.
+#
+# With lam (λ), the target is G_k = r_k + a_k [(1 - λ) V_{k+1} + λ M_{k+1}], V_{k+1} the
+# row's best Q before the sweep: the map of row k is x -> max(c_k, λ a_k x + b_k), with
+# b_k = r_k + (1 - λ) a_k V_{k+1}, still of the same form. λ = 1 is the tutorial's
+# recursion, λ = 0 the one-step target.
 #
 # Everything else works on per-row summaries of the other actions (taken from
 # per-action slices, which XLA on CPU reduces far faster than the short last axis), so
@@ -94,8 +100,17 @@ _ROW_MAX_METHODS = {"scan": _row_max_scan, "associative": _row_max_associative}
 # three times slower. Separate stages materialise them once.
 
 
+def _lambda_terms(memory: ReplayMemory, rows: _Rows, slope, lam):
+    """(b_k, λ a_k) of the inner rows' maps; the tutorial's (r_k, a_k) when ``lam`` is None."""
+    if lam is None:
+        return memory.rewards, slope
+    value = jnp.maximum(rows.q_taken, rows.best_other)
+    next_value = jnp.concatenate([value[1:], jnp.zeros_like(value[:1])], axis=0)
+    return memory.rewards + slope * (1.0 - lam) * next_value, slope * lam
+
+
 @jax.jit
-def _prepare(memory: ReplayMemory, discount):
+def _prepare(memory: ReplayMemory, discount, lam=None):
     """The row maps (a, b, c), the row summaries, the slopes and the inner-row mask."""
     rows = _summarise_rows(memory.q_values, memory.actions)
     k = jnp.arange(memory.rows)[:, None]
@@ -103,8 +118,9 @@ def _prepare(memory: ReplayMemory, discount):
     last = k == memory.count - 1
     done = memory.end_life | memory.end_episode
     slope = jnp.where(done, 0.0, jnp.asarray(discount, memory.q_values.dtype))
-    a = jnp.where(inner, slope, jnp.where(last, 0.0, 1.0))
-    b = jnp.where(inner, memory.rewards,
+    offset, step = _lambda_terms(memory, rows, slope, lam)
+    a = jnp.where(inner, step, jnp.where(last, 0.0, 1.0))
+    b = jnp.where(inner, offset,
                   jnp.where(last, jnp.maximum(rows.q_taken, rows.best_other), 0.0))
     c = jnp.where(inner, rows.best_other, NEG)
     return (a, b, c), rows, slope, inner
@@ -114,9 +130,10 @@ _ROW_MAX = {name: jax.jit(fn) for name, fn in _ROW_MAX_METHODS.items()}
 
 
 @partial(jax.jit, donate_argnums=0)
-def _write_targets(memory: ReplayMemory, row_max, rows: _Rows, slope, inner):
+def _write_targets(memory: ReplayMemory, row_max, rows: _Rows, slope, inner, lam=None):
     next_max = jnp.concatenate([row_max[1:], jnp.zeros_like(row_max[:1])], axis=0)
-    target = memory.rewards + slope * next_max
+    offset, step = _lambda_terms(memory, rows, slope, lam)
+    target = offset + step * next_max
     used = jnp.arange(memory.rows)[:, None] < memory.count
     errors = jnp.where(inner, jnp.abs(target - rows.q_taken), jnp.where(used, 0.0, memory.errors))
     write = inner[..., None] & (memory.actions[..., None] == jnp.arange(memory.num_actions))
@@ -147,7 +164,8 @@ def _sweep_stats(memory: ReplayMemory, rows: _Rows, new_taken, errors, used) -> 
     }
 
 
-def recompute_targets(memory: ReplayMemory, discount, method: str = "associative") -> tuple[ReplayMemory, dict]:
+def recompute_targets(memory: ReplayMemory, discount, method: str = "associative",
+                      lam=None) -> tuple[ReplayMemory, dict]:
     """The backward sweep: Q-values estimated while acting become training targets.
 
     Per game, for k from count-2 down to 0: target = r[k] if the step ended a life or
@@ -157,15 +175,21 @@ def recompute_targets(memory: ReplayMemory, discount, method: str = "associative
     so one compilation serves every fill level. ``method`` is "associative" (parallel,
     for accelerators) or "scan" (sequential); both are exact.
 
+    ``lam`` (λ in [0, 1], may be traced; None: the tutorial's sweep, unchanged) mixes the
+    one-step target in: target = r[k] + discount * ((1 - λ) * V[k+1] + λ * max_a Q[k+1]),
+    V[k+1] the row's best Q-value before the sweep and Q[k+1] as already updated. λ = 1
+    gives the tutorial's targets, λ = 0 the one-step DQN targets.
+
     The memory is DONATED: use the returned memory, not the one passed in.
     Returns the memory and a dict of scalar statistics (jax scalars) over the used rows:
     q_min, q_mean, q_max, q_std, error_mean, error_max, reward_nonzero_share.
     """
     if method not in _ROW_MAX:
         raise ValueError(f"unknown target method {method!r}; choose one of {sorted(_ROW_MAX)}")
-    maps, rows, slope, inner = _prepare(memory, discount)
+    lam = None if lam is None else jnp.asarray(lam, memory.q_values.dtype)
+    maps, rows, slope, inner = _prepare(memory, discount, lam)
     row_max = _ROW_MAX[method](*maps)
-    return _write_targets(memory, row_max, rows, slope, inner)
+    return _write_targets(memory, row_max, rows, slope, inner, lam)
 
 
 def resolve_target_method(method: str) -> str:
