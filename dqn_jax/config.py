@@ -142,8 +142,23 @@ class DqnConfig:
     report_every: int = 50_000  # states between logged cycles (and checkpoints)
 
 
+@dataclass
+class SweepDqnConfig:
+    """``algorithm=sweep_dqn``: DQN on targets the backward sweep recomputes over a recent window."""
+
+    name: str = "sweep_dqn"
+    discount: float = 0.99
+    warmup: int = 50_000  # states recorded before the first refresh and gradient step
+    train_every: int = 4  # states recorded per gradient step
+    refresh_states: int = 10_000  # states between refreshes of the window's targets; a multiple of train_every
+    window: int = 80_000  # the last states whose targets a refresh recomputes (and the batches come from)
+    lam: float = 0.5  # λ of the sweep's targets: 1 the tutorial's recursion (diverged on CartPole), 0 one-step
+    huber_delta: float | None = 1.0  # the Huber loss is quadratic within this error; null: squared loss
+    report_every: int = 50_000  # states between logged cycles (and checkpoints)
+
+
 # Each algorithm's typed group: conf/algorithm/<name>.yaml starts from its schema.
-ALGORITHM_SCHEMAS = {"hvass": HvassConfig, "dqn": DqnConfig, "double_dqn": DqnConfig}
+ALGORITHM_SCHEMAS = {"hvass": HvassConfig, "dqn": DqnConfig, "double_dqn": DqnConfig, "sweep_dqn": SweepDqnConfig}
 
 
 @dataclass
@@ -193,7 +208,7 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    algorithm: Any = MISSING  # an HvassConfig or a DqnConfig (ALGORITHM_SCHEMAS), by algorithm=
+    algorithm: Any = MISSING  # an HvassConfig, DqnConfig or SweepDqnConfig (ALGORITHM_SCHEMAS), by algorithm=
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
@@ -280,14 +295,14 @@ POSITIVE = ("memory.size", "memory.batch_size", "memory.reward_clip", "env.frame
             "env.width", "env.stack_size", "checkpoint.keep", "env.num_envs", "episodes", "video_episodes", "steps",
             "algorithm.min_epochs", "algorithm.loss_window", "logger.flush_seconds",
             "algorithm.train_every", "algorithm.target_copy_states", "algorithm.huber_delta", "algorithm.n_step",
-            "algorithm.report_every", "stop_grace_seconds", "faults.q_factor", "faults.q_bound",
+            "algorithm.report_every", "algorithm.refresh_states", "algorithm.window", "stop_grace_seconds", "faults.q_factor", "faults.q_bound",
             "faults.loss_window",
             *(f"schedule.{name}.span" for name in SIGNALS))
 NOT_NEGATIVE = ("algorithm.error_threshold", "optimizer.eps", "optimizer.initial_scale",
                 "algorithm.warmup", "test_episodes_after_training",
                 "env.trace_threshold", "faults.loss_after",
                 *(f"schedule.{name}.{end}" for name in SIGNALS for end in ("start", "end")))
-UNIT_INTERVAL = ("algorithm.discount", "algorithm.min_high_error_share", "env.repeat_action_probability",
+UNIT_INTERVAL = ("algorithm.discount", "algorithm.lam", "algorithm.min_high_error_share", "env.repeat_action_probability",
                  "env.trace_decay", "schedule.epsilon_test", "optimizer.decay", "optimizer.b1", "optimizer.b2",
                  "schedule.epsilon.start", "schedule.epsilon.end", "schedule.replay_fraction.start",
                  "schedule.replay_fraction.end")
@@ -312,6 +327,9 @@ def validate(cfg) -> None:
         raise ConfigError(f"algorithm.target_copy_states={copy} must be a multiple of algorithm.train_every={every} "
                           "(the copy follows a gradient step)")
     games = num_envs(cfg.env)
+    window, refresh = _get(cfg, "algorithm.window"), _get(cfg, "algorithm.refresh_states")  # sweep_dqn
+    if window is not _ABSENT and (refresh % every or not 0 < window // games < memory_rows(cfg.memory, games) - -(-refresh // games)):
+        raise ConfigError(f"algorithm.refresh_states={refresh} must be a multiple of algorithm.train_every={every}, and algorithm.window={window} hold a row of {games} games and fit in memory.size={cfg.memory.size} beside the states written between refreshes")
     if cfg.memory.size < 2 * games:
         raise ConfigError(
             f"memory.size={cfg.memory.size} is too small for {games} games; it must be at least "

@@ -3,7 +3,7 @@ that launch something of their own (a sweep, another game) run end to end.
 
 The settings are checked in-process (Hydra's compose API): deleting a recipe's key
 line, or a default that a recipe leans on changing under it, turns the table red. The
-learning recipes (``cartpole``, ``cartpole_dqn``) run in test_learning.py, and
+learning recipes (``cartpole``, ``cartpole_dqn``, ``cartpole_sweep_dqn``) run in test_learning.py, and
 ``breakout_cpu_check`` in ``make test-slow``.
 """
 
@@ -55,6 +55,13 @@ RECIPES = {
         "schedule.learning_rate.start": 2.5e-4, "schedule.learning_rate.end": 1e-6,
         "optimizer.eps": 1e-5, "optimizer.centered": True, "algorithm.discount": 0.99, "schedule.epsilon.end": 0.02,
         "schedule.epsilon.span": 50000, "name": "learns-dqn",
+    },
+    "cartpole_sweep_dqn": {
+        **CARTPOLE, "algorithm.name": "sweep_dqn", "memory.size": 50000, "memory.batch_size": 128,
+        "algorithm.warmup": 5000, "algorithm.refresh_states": 400, "algorithm.window": 10000, "algorithm.lam": 0.5,
+        "algorithm.huber_delta": 10.0, "algorithm.discount": 0.99, "optimizer.name": "adam",
+        "schedule.learning_rate.start": 2.5e-4, "schedule.learning_rate.end": 1e-6, "schedule.epsilon.end": 0.02,
+        "schedule.epsilon.span": 50000, "name": "learns-sweep_dqn",
     },
     "cartpole_games": {**CARTPOLE, "algorithm.name": "hvass", "name": "default"},
     "breakout_dopamine_dqn": {

@@ -1,7 +1,8 @@
 """The algorithms, behind one interface (:mod:`dqn_jax.algorithms.base`), built from the config.
 
 * ``hvass/``: the tutorial's method (backward sweep, error-split batches, epochs);
-* ``dqn.py``: DQN and Double DQN.
+* ``dqn.py``: DQN and Double DQN;
+* ``sweep_dqn.py``: DQN trained on the tutorial's backward sweep (λ-returns) over a refreshed window.
 
 :func:`make_parts` builds what every algorithm shares (the network, the optimiser, a
 fresh train state); :func:`build` the algorithm ``cfg.algorithm.name`` names, from
@@ -19,7 +20,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from dqn_jax.algorithms import dqn
+from dqn_jax.algorithms import dqn, sweep_dqn
 from dqn_jax.algorithms.base import Algorithm, MemorySpec
 from dqn_jax.algorithms.hvass.algorithm import Hvass
 from dqn_jax.config import memory_rows
@@ -53,7 +54,8 @@ def memory_spec(cfg, games) -> MemorySpec:
     return MemorySpec(memory_rows(cfg.memory, games.num_envs), games.num_envs, shape, dtype, games.num_actions)
 
 
-ALGORITHMS: dict[str, type[Algorithm]] = {"hvass": Hvass, "dqn": dqn.Dqn, "double_dqn": dqn.Dqn}
+ALGORITHMS: dict[str, type[Algorithm]] = {"hvass": Hvass, "dqn": dqn.Dqn, "double_dqn": dqn.Dqn,
+                                          "sweep_dqn": sweep_dqn.SweepDqn}
 
 
 def build(cfg, parts: Parts, games) -> Algorithm:
