@@ -21,7 +21,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 RECIPES = ["experiment=cartpole", "experiment=cartpole_dqn",
-           "experiment=cartpole_dqn algorithm=double_dqn"]
+           "experiment=cartpole_dqn algorithm=double_dqn", "experiment=cartpole_sweep_dqn"]
 
 
 def _start(recipe: str, seed: int, root: Path) -> subprocess.Popen:
