@@ -259,6 +259,7 @@ LONGEST_FIRST = [
     "test_long_runs.py",  # 170
     "test_app.py",  # 130
     "test_dqn.py",  # 70
+    "test_sweep_dqn.py",  # 60: a tiny Breakout run and its resume
     "test_compare.py",  # 50
     "test_recipes.py",  # 40
     "test_analyze.py",  # 40
