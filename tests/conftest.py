@@ -115,9 +115,9 @@ def checkpoint_steps(folder: Path) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
 
 
-def restore_newest(root: Path, checkpoints: Path, overrides=()) -> tuple:
-    """(train state, counters as ints) of the newest checkpoint of a ``TINY`` run under
-    ``root``, restored whole into the algorithm state its config builds."""
+def restore_state(root: Path, checkpoints: Path, overrides=(), step: int | None = None) -> tuple:
+    """(algorithm state, counters as ints) of a checkpoint (the newest by default) of a
+    ``TINY`` run under ``root``, restored whole into the state its config builds."""
     from dqn_jax import algorithms  # JAX and the games load only for the tests that restore
     from dqn_jax.envs import make_games
     from dqn_jax.runner.checkpoints import Checkpointer
@@ -130,8 +130,27 @@ def restore_newest(root: Path, checkpoints: Path, overrides=()) -> tuple:
     finally:
         games.close()
     with Checkpointer(checkpoints) as checkpointer:
-        state, _, counters = checkpointer.restore(fresh)
-    return state.train, {k: int(v) for k, v in counters.items()}
+        state, _, counters = checkpointer.restore(fresh, step)
+    return state, {k: int(v) for k, v in counters.items()}
+
+
+def restore_newest(root: Path, checkpoints: Path, overrides=()) -> tuple:
+    """(train state, counters as ints) of the newest checkpoint of a ``TINY`` run under ``root``."""
+    state, counters = restore_state(root, checkpoints, overrides)
+    return state.train, counters
+
+
+def run_and_resume(overrides, root: Path) -> tuple:
+    """A ``TINY`` Breakout run to 400 states, then the same command to 600, which resumes:
+    (the checkpoint steps kept, the algorithm state and counters of the one at 600)."""
+    args = [*TINY, *overrides]
+    first = run_app([*args, "steps=400"], cwd=root)
+    assert first.returncode == 0, first.stderr
+    second = run_app([*args, "steps=600"], cwd=root)
+    assert second.returncode == 0, second.stderr
+    assert "resuming from" in second.stdout and "400 states" in second.stdout
+    checkpoints = root / "runs" / "breakout" / "default" / "checkpoints"
+    return (checkpoint_steps(checkpoints), *restore_state(root, checkpoints, [*overrides, "steps=600"], 600))
 
 
 # ------------------------------------------------------------------------------ MLflow

@@ -241,30 +241,12 @@ def test_one_update_is_the_reference_gradient_step():
 def test_each_algorithm_trains_checkpoints_and_resumes(tmp_path, algorithm, encoding):
     """A few hundred states of real Breakout, then the same command resumes: the target
     network and the update count come back from the checkpoint."""
-    from dqn_jax import algorithms
-    from dqn_jax.config import num_envs
-    from dqn_jax.envs import make_games
-    from dqn_jax.runner.checkpoints import Checkpointer
-    from tests.conftest import TINY, compose_config, run_app
+    from tests.conftest import run_and_resume
 
-    args = [*TINY, f"algorithm={algorithm}", "algorithm.warmup=100", "algorithm.report_every=200",
+    args = [f"algorithm={algorithm}", "algorithm.warmup=100", "algorithm.report_every=200",
             "algorithm.target_copy_states=28", "memory.batch_size=8", f"env.encoding={encoding}", "logger=none"]
-    first = run_app([*args, "steps=400"], cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    second = run_app([*args, "steps=600"], cwd=tmp_path)
-    assert second.returncode == 0, second.stderr
-    assert "resuming from" in second.stdout and "400 states" in second.stdout
-    cfg = compose_config([*args, "steps=600"], tmp_path)
-    games = make_games(cfg.env, num_envs(cfg.env), cfg.seed)
-    checkpoints = Checkpointer(tmp_path / "runs" / "breakout" / "default" / "checkpoints", 3)
-    try:
-        assert checkpoints.all_steps()[-2:] == [400, 600]
-        parts = algorithms.make_parts(cfg, games, cfg.seed)
-        fresh = algorithms.build(cfg, parts, games).init(parts.train_state)
-        state, _, counters = checkpoints.restore(fresh, 600)
-    finally:
-        checkpoints.close()
-        games.close()
+    steps, state, counters = run_and_resume(args, tmp_path)
+    assert steps[-2:] == [400, 600]
     assert isinstance(state, dqn.DqnState) and int(counters["states"]) == 600
     # the checkpoint holds DQN's whole state: its counters beside the networks. The resumed
     # run's memory held the 200 states played since the resume (it is not checkpointed)

@@ -170,30 +170,12 @@ def test_the_window_and_the_refresh_are_checked(override, message):
 def test_it_trains_checkpoints_and_resumes(tmp_path):
     """A few hundred states of tiny Breakout, then the same command resumes: the state comes
     back whole from the checkpoint and the new memory is refreshed before its first step."""
-    from dqn_jax import algorithms
-    from dqn_jax.config import num_envs
-    from dqn_jax.envs import make_games
-    from dqn_jax.runner.checkpoints import Checkpointer
-    from tests.conftest import TINY, compose_config, run_app
+    from tests.conftest import run_and_resume
 
-    args = [*TINY, "algorithm=sweep_dqn", "algorithm.warmup=100", "algorithm.report_every=200",
+    args = ["algorithm=sweep_dqn", "algorithm.warmup=100", "algorithm.report_every=200",
             "algorithm.refresh_states=40", "algorithm.window=64", "memory.batch_size=8", "logger=none"]
-    first = run_app([*args, "steps=400"], cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    second = run_app([*args, "steps=600"], cwd=tmp_path)
-    assert second.returncode == 0, second.stderr
-    assert "resuming from" in second.stdout and "400 states" in second.stdout
-    cfg = compose_config([*args, "steps=600"], tmp_path)
-    games = make_games(cfg.env, num_envs(cfg.env), cfg.seed)
-    checkpoints = Checkpointer(tmp_path / "runs" / "breakout" / "default" / "checkpoints", 3)
-    try:
-        assert checkpoints.all_steps()[-2:] == [400, 600]
-        parts = algorithms.make_parts(cfg, games, cfg.seed)
-        fresh = algorithms.build(cfg, parts, games).init(parts.train_state)
-        state, _, counters = checkpoints.restore(fresh, 600)
-    finally:
-        checkpoints.close()
-        games.close()
+    steps, state, counters = run_and_resume(args, tmp_path)
+    assert steps[-2:] == [400, 600]
     assert isinstance(state, sweep_dqn.SweepDqnState) and int(counters["states"]) == 600
     # 2 games: a step per 4 states after 100 (75 steps, then 25 after the resume's warm-up);
     # a refresh every 10 steps, and one first in each run's memory: 8 + 3
