@@ -39,9 +39,8 @@ run: $(STAMP)
 
 ## The test suite CI runs (no GPU, 2 cores, under 20 minutes). Two workers, a test file
 ## each, the longest files first (tests/conftest.py): most tests wait on a subprocess's
-## start-up or on one busy thread, so two files run side by side (371 tests in 18.0 min on
-## 2 cores from a fresh clone, 20.1 with the venv and make lint, while a Breakout run took
-## 0.66 of a core; 307 tests took 11.2 min on an idle machine).
+## start-up or on one busy thread, so two files run side by side (371 tests in 10.7 min on
+## an idle 2-core machine; 18.0 min from a fresh clone while a Breakout run took 0.66 of a core).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not gpu" $(ARGS)
 
