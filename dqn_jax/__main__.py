@@ -137,6 +137,7 @@ def app(cfg: DictConfig):
         check_missing(cfg)
         settings = OmegaConf.to_object(cfg)
         validate(settings)
+        _request_devices(settings)
         from dqn_jax.app import run  # JAX and the games load only for a valid config
 
         with interrupts.stop_request() as stop_request, _marked_running():
@@ -154,6 +155,16 @@ def app(cfg: DictConfig):
             _remove_empty_run_dir(cfg)
         print(f"dqn_jax: error: {err}", file=sys.stderr)
         sys.exit(USAGE_ERROR if isinstance(err, ConfigError) else RUN_FAILED)
+
+
+def _request_devices(settings) -> None:
+    """CPU devices for ``algorithm.learner_devices`` (:mod:`dqn_jax.algorithms.learners`),
+    asked for before JAX starts."""
+    learners = getattr(settings.algorithm, "learner_devices", 0)
+    if learners:
+        from dqn_jax.algorithms.learners import request_host_devices
+
+        request_host_devices(learners)
 
 
 def _marked_running():

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from dqn_jax import algorithms, sweeps, tracking
 from dqn_jax.algorithms import Parts, make_parts
+from dqn_jax.algorithms.learners import learner_mesh
 from dqn_jax.analyze import pictures, video
 from dqn_jax.config import ConfigError, memory_rows, num_envs
 from dqn_jax.core.acting import Player, state_spec
@@ -52,6 +53,8 @@ def run_train(cfg, run_dir: Path):
     status = "FAILED"
     try:
         resources.check_fits(cfg.memory, games.num_envs, _need(cfg, games))
+        if getattr(cfg.algorithm, "learner_devices", 0):
+            learner_mesh(cfg.algorithm.learner_devices)  # too few devices: one line, before anything is written
         parts = make_parts(cfg, games, cfg.seed)
         algorithm = algorithms.build(cfg, parts, games)
         print(f"training on {describe_device()}", flush=True)

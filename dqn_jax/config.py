@@ -140,6 +140,10 @@ class DqnConfig:
     huber_delta: float | None = 1.0  # the Huber loss is quadratic within this TD error; null: squared loss
     n_step: int = 1  # rewards summed before the bootstrap (cut at a lost life or an episode's end)
     report_every: int = 50_000  # states between logged cycles (and checkpoints)
+    # CPU: > 0 learns on this many host devices of its own (the batch split between them)
+    # while the games go on, acting with the network one gradient step old; 0 acts and
+    # learns in turn on one device (docs/benchmarks.md, "Learning beside acting")
+    learner_devices: int = 0
 
 
 @dataclass
@@ -298,7 +302,7 @@ POSITIVE = ("memory.size", "memory.batch_size", "memory.reward_clip", "env.frame
             "algorithm.report_every", "algorithm.refresh_states", "algorithm.window", "stop_grace_seconds", "faults.q_factor", "faults.q_bound",
             "faults.loss_window",
             *(f"schedule.{name}.span" for name in SIGNALS))
-NOT_NEGATIVE = ("algorithm.error_threshold", "optimizer.eps", "optimizer.initial_scale",
+NOT_NEGATIVE = ("algorithm.error_threshold", "algorithm.learner_devices", "optimizer.eps", "optimizer.initial_scale",
                 "algorithm.warmup", "test_episodes_after_training",
                 "env.trace_threshold", "faults.loss_after",
                 *(f"schedule.{name}.{end}" for name in SIGNALS for end in ("start", "end")))
@@ -326,6 +330,10 @@ def validate(cfg) -> None:
     if copy is not _ABSENT and copy % every:
         raise ConfigError(f"algorithm.target_copy_states={copy} must be a multiple of algorithm.train_every={every} "
                           "(the copy follows a gradient step)")
+    learners = _get(cfg, "algorithm.learner_devices")
+    if learners is not _ABSENT and learners and cfg.memory.batch_size % learners:
+        raise ConfigError(f"memory.batch_size={cfg.memory.batch_size} must be a multiple of "
+                          f"algorithm.learner_devices={learners} (each learner takes an equal share of a batch)")
     games = num_envs(cfg.env)
     window, refresh = _get(cfg, "algorithm.window"), _get(cfg, "algorithm.refresh_states")  # sweep_dqn
     if window is not _ABSENT and (refresh % every or not 0 < window // games < memory_rows(cfg.memory, games) - -(-refresh // games)):

@@ -83,15 +83,25 @@ class Framework:
     differs: str  # what it cannot match
 
     def python(self) -> Path:
-        return ROOT / ".venv" / "bin" / "python" if self.name == "dqn_jax" else PEERS_VENV / self.name / "bin" / "python"
+        return ROOT / ".venv" / "bin" / "python" if self.ours else PEERS_VENV / self.name / "bin" / "python"
+
+    @property
+    def ours(self) -> bool:
+        return self.name.startswith("dqn_jax")
 
 
 FRAMEWORKS = {
     "dqn_jax": Framework(
         "dqn_jax", r"^\s*\d+:(?P<states>\d+)\s+epsilon", ("jax",),
-        "algorithm=dqn network=nature env.encoding=frame_stack 84x84, RMSProp (centred), Huber, logger=none",
-        "ALE v5 frame-skip 4 with sticky actions (0.25), as dqn_jax plays; MLflow off (section d of make bench: "
-        "its cost is within 2%)"),
+        "algorithm=dqn network=nature env.encoding=frame_stack 84x84, RMSProp (centred), Huber, logger=none, "
+        "algorithm.learner_devices=2",
+        "learns beside acting: the batch split over 2 CPU devices of the learners' own, the games played "
+        "with the network one gradient step old; ALE v5 frame-skip 4 with sticky actions (0.25), as dqn_jax "
+        "plays; MLflow off (section d of make bench: its cost is within 2%)"),
+    "dqn_jax_in_turn": Framework(
+        "dqn_jax_in_turn", r"^\s*\d+:(?P<states>\d+)\s+epsilon", ("jax",),
+        "as dqn_jax, with algorithm.learner_devices=0 (the default)",
+        "acts and learns in turn on one device, as the peers do"),
     "sbx": Framework(
         "sbx", r"^progress states=(?P<states>\d+)", ("sbx-rl", "stable-baselines3", "jax"),
         "DQN('CnnPolicy', net_arch=[512]), SB3 make_atari_env + VecFrameStack(4), optax.rmsprop (centred), Huber",
@@ -112,11 +122,14 @@ FRAMEWORKS = {
 
 # ------------------------------------------------------------------------- the commands
 
-def command(name: str, work: Work, run_dir: Path) -> list[str]:
-    """The command line that trains ``name`` on ``work`` (run with cwd=run_dir)."""
+def command(name: str, work: Work, run_dir: Path, learners: int = 2) -> list[str]:
+    """The command line that trains ``name`` on ``work`` (run with cwd=run_dir); dqn_jax's row
+    learns on ``learners`` devices of their own."""
     py = str(FRAMEWORKS[name].python())
-    if name == "dqn_jax":
-        return [py, "-m", "dqn_jax", "env=breakout", "algorithm=dqn", "network=nature",
+    if FRAMEWORKS[name].ours:
+        learners = learners if name == "dqn_jax" else 0
+        return [py, "-m", "dqn_jax", f"algorithm.learner_devices={learners}", "env=breakout", "algorithm=dqn",
+                "network=nature",
                 "env.encoding=frame_stack", "env.stack_size=4", "env.height=84", "env.width=84",
                 f"env.num_envs={work.games}", "network.dtype=float32", f"memory.size={work.memory}",
                 f"memory.batch_size={work.batch}", f"algorithm.warmup={work.warmup}",
@@ -240,7 +253,7 @@ def versions(fw: Framework, dqn_jax_root: Path = ROOT) -> str:
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip().splitlines()[-1])
     text = out.stdout.strip()
-    if fw.name == "dqn_jax":
+    if fw.ours:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=dqn_jax_root, capture_output=True,
                                 text=True).stdout.strip() or "?"
         dirty = subprocess.run(["git", "status", "--porcelain", "dqn_jax"], cwd=dqn_jax_root, capture_output=True,
@@ -249,7 +262,8 @@ def versions(fw: Framework, dqn_jax_root: Path = ROOT) -> str:
     return text
 
 
-def run_one(name: str, work: Work, timeout: float, log_dir: Path | None, dqn_jax_root: Path = ROOT) -> dict:
+def run_one(name: str, work: Work, timeout: float, log_dir: Path | None, dqn_jax_root: Path = ROOT,
+            learners: int = 2) -> dict:
     fw = FRAMEWORKS[name]
     row = {"name": name, "settings": fw.settings, "differs": fw.differs, "version": "?"}
     try:
@@ -258,11 +272,11 @@ def run_one(name: str, work: Work, timeout: float, log_dir: Path | None, dqn_jax
         row["error"] = f"not installed: {e}"
         return row
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    if name == "dqn_jax":
+    if fw.ours:
         env["PYTHONPATH"] = str(dqn_jax_root)  # this checkout's dqn_jax, whatever the venv's points at
     lines: list[tuple[float, str]] = []
     with tempfile.TemporaryDirectory(prefix=f"bench-peers-{name}-") as tmp:
-        cmd = command(name, work, Path(tmp))
+        cmd = command(name, work, Path(tmp), learners)
         start = time.monotonic()
         # each record (ended by \n or by a progress bar's or Dopamine's \r) stamped as it arrives
         p = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -325,6 +339,8 @@ def main(argv=None) -> int:
     parser.add_argument("--logs", type=Path, default=None, help="keep each run's timed output in this folder")
     parser.add_argument("--dqn-jax-root", type=Path, default=ROOT,
                         help="the checkout whose dqn_jax to run (default: this one)")
+    parser.add_argument("--learner-devices", type=int, default=2,
+                        help="dqn_jax's algorithm.learner_devices (default 2; dqn_jax_in_turn is 0)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per framework (default: 3 x states / 50 + 300)")
     args = parser.parse_args(argv)
     work = QUICK if args.quick else FULL
@@ -340,7 +356,7 @@ def main(argv=None) -> int:
     rows = []
     for name in names:
         print(f"  {name} ...", end="", flush=True)
-        row = run_one(name, work, timeout, args.logs, args.dqn_jax_root.resolve())
+        row = run_one(name, work, timeout, args.logs, args.dqn_jax_root.resolve(), args.learner_devices)
         rows.append(row)
         got = f"{row['states_s']:.1f} states/s" if row.get("states_s") else f"did not run: {row.get('error')}"
         print(f" {got} ({row.get('wall_s', 0):.0f} s wall)", flush=True)

@@ -90,6 +90,8 @@ def test_table_ratios_to_dqn_jax():
 def test_commands_carry_the_same_work():
     work = bp.Work(states=6000, warmup=2000, memory=10_000, skip=500, window_s=60)
     jx = bp.command("dqn_jax", work, Path("/tmp/x"))
+    assert "algorithm.learner_devices=2" in jx
+    assert "algorithm.learner_devices=0" in bp.command("dqn_jax_in_turn", work, Path("/tmp/x"))
     assert {"algorithm=dqn", "network=nature", "env.encoding=frame_stack", "env.height=84", "env.width=84",
             "env.num_envs=1", "memory.size=10000", "memory.batch_size=32", "algorithm.warmup=2000",
             "algorithm.train_every=4", "algorithm.target_copy_states=1000",

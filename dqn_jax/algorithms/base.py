@@ -120,3 +120,8 @@ class Algorithm(ABC):
     def train_state(state):
         """The network's train state inside ``state`` (for acting and testing)."""
         return state.train
+
+    def acting_params(self, state):
+        """The network's variables the games are played with while training (default: the
+        train state's own)."""
+        return self.train_state(state).params

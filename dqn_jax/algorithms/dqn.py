@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from dqn_jax.algorithms.base import Algorithm, Hooks, MemorySpec, Report, counter
+from dqn_jax.algorithms.learners import ActingCopies, Learners
 from dqn_jax.core import replay
 from dqn_jax.core.training import TrainState, set_learning_rate
 
@@ -125,47 +126,69 @@ class Stats(NamedTuple):
 
 
 def descend(network, optimizer, state: TrainState, states, actions, targets, learning_rate,
-            huber_delta: float | None):
+            huber_delta: float | None, axis: str | None = None):
     """One optimiser step on the loss of Q(states, actions) against ``targets`` (traced
-    inside a jitted step); returns (params, opt_state, loss, Q(s, a))."""
+    inside a jitted step); returns (params, opt_state, loss, Q(s, a)). ``axis``: the batch
+    is split over the learners of this named axis, and each steps with the whole batch's
+    mean gradient."""
 
     def loss_fn(params):
         return huber_td_loss(network.apply(params, states), actions, jax.lax.stop_gradient(targets), huber_delta)
 
     (loss, taken), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if axis is not None:
+        grads, loss = jax.lax.pmean((grads, loss), axis)
+        taken = jax.lax.all_gather(taken, axis, tiled=True)
     opt_state = set_learning_rate(state.opt_state, learning_rate)
     updates, opt_state = optimizer.update(grads, opt_state, state.params)
     return optax.apply_updates(state.params, updates), opt_state, loss, taken
 
 
 class Update:
-    """One DQN gradient step, jitted once; ``train_state`` and ``stats`` are donated."""
+    """One DQN gradient step, jitted once; ``train_state`` and ``stats`` are donated.
+
+    ``learners`` > 0 (:mod:`dqn_jax.algorithms.learners`): the batch is drawn on the
+    memory's device and split over that many devices of the learners' own, which hold the
+    train state; otherwise the whole step is one call on the memory's device.
+    """
 
     def __init__(self, network, optimizer, *, batch_size: int, discount: float, huber_delta: float | None,
-                 double: bool, target_copy_every: int, n_step: int = 1):
+                 double: bool, target_copy_every: int, n_step: int = 1, learners: int = 0):
         """``target_copy_every`` counts gradient steps (:class:`Dqn` converts the config's states)."""
         self.network, self.optimizer, self.batch_size = network, optimizer, int(batch_size)
         self.discount, self.double = float(discount), bool(double)
         self.huber_delta = None if huber_delta is None else float(huber_delta)
         self.target_copy_every, self.n_step = int(target_copy_every), int(n_step)
+        self.learners = Learners(int(learners), self._learn) if learners else None
         self._jit = jax.jit(self._step, donate_argnums=(0, 1))
+        self._sample = jax.jit(self._sample_batch)
 
     def __call__(self, train_state: TargetTrainState, stats: Stats, memory, key, learning_rate):
         """Returns (train_state, stats, key)."""
-        return self._jit(train_state, stats, memory, key, learning_rate)
+        if self.learners is None:
+            return self._jit(train_state, stats, memory, key, learning_rate)
+        key, batch = self._sample(key, memory)
+        return (*self.learners.step(train_state, stats, batch, learning_rate), key)
+
+    def _sample_batch(self, key, memory) -> tuple:
+        key, pick = jax.random.split(key)
+        return key, sample_transitions(pick, memory, self.batch_size, self.n_step, self.discount)
 
     def _step(self, state: TargetTrainState, stats: Stats, memory, key, learning_rate):
-        key, pick = jax.random.split(key)
-        batch = sample_transitions(pick, memory, self.batch_size, self.n_step, self.discount)
+        key, batch = self._sample_batch(key, memory)
+        return (*self._learn(state, stats, batch, learning_rate), key)
+
+    def _learn(self, state: TargetTrainState, stats: Stats, batch: Transitions, learning_rate, axis=None):
+        """The step on a drawn batch (``axis``: a learner's share of it): returns (state, stats)."""
         apply = self.network.apply
         next_online = apply(state.params, batch.next_states) if self.double else None
         targets = td_targets(batch.rewards, batch.terminal, apply(state.target_params, batch.next_states),
                              next_online, self.discount ** self.n_step, self.double)
         params, opt_state, loss, taken = descend(self.network, self.optimizer, state, batch.states, batch.actions,
-                                                 targets, learning_rate, self.huber_delta)
+                                                 targets, learning_rate, self.huber_delta, axis)
         count = state.updates + 1
         target = jax.lax.cond(count % self.target_copy_every == 0, lambda: params, lambda: state.target_params)
-        return TargetTrainState(params, opt_state, count, target), stats.add(loss, taken), key
+        return TargetTrainState(params, opt_state, count, target), stats.add(loss, taken)
 
 
 @flax.struct.dataclass
@@ -187,6 +210,7 @@ class Dqn(Algorithm):
                  report_every: int, n_step: int = 1):
         self.update, self.memory, self.signals, self.n_step = update, memory, signals, int(n_step)
         self.warmup, self.train_every, self.report_every = int(warmup), int(train_every), int(report_every)
+        self.copies = ActingCopies() if update.learners else None  # the games' network, a step old
         self._learning_rate = None  # the cycle's, fixed when it starts (a float, and on the device)
         self._learning_rate_array = None
 
@@ -195,7 +219,8 @@ class Dqn(Algorithm):
         algo = cfg.algorithm
         update = Update(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
                         discount=algo.discount, huber_delta=algo.huber_delta, double=algo.name == "double_dqn",
-                        target_copy_every=algo.target_copy_states // algo.train_every, n_step=algo.n_step)
+                        target_copy_every=algo.target_copy_states // algo.train_every, n_step=algo.n_step,
+                        learners=algo.learner_devices)
         return cls(update, memory, signals, warmup=algo.warmup, train_every=algo.train_every,
                    report_every=algo.report_every, n_step=algo.n_step)
 
@@ -223,7 +248,16 @@ class Dqn(Algorithm):
     def learn(self, state: DqnState, memory, key, states: int, hooks: Hooks):
         """One gradient step (on the device; nothing is read back)."""
         train, stats, key = self.update(state.train, state.stats, memory, key, self._learning_rate_array)
+        if self.copies is not None:
+            self.copies.stepped(train)
         return state.replace(train=train, stats=stats, credit=counter(state.credit - self.train_every)), memory, key, None
+
+    def train_state(self, state: DqnState) -> TargetTrainState:
+        """The train state, on the games' device (with learners its home is theirs)."""
+        return state.train if self.copies is None else jax.device_put(state.train, self.copies.device)
+
+    def acting_params(self, state: DqnState):
+        return state.train.params if self.copies is None else self.copies.params(state.train)
 
     def report(self, state: DqnState, figures, *, played_states: int, states: int, cycle: int):
         stats = jax.device_get(state.stats)

@@ -116,7 +116,7 @@ def _cycle(run: Training, state, memory, acting: Acting, key, counters: Counters
     bar, outcome, played_rows, figures = run.log.playing(counters.cycles + 1, rows * num_games), None, 0, None
     while played_rows < rows and run.budget.left(counters) and not stop_request.requested:
         memory, key, tracer, actions, epsilon = run.player.play(
-            algorithm.train_state(state).params, memory, acting.tracer, acting.frames, acting.restart, key,
+            algorithm.acting_params(state), memory, acting.tracer, acting.frames, acting.restart, key,
             counters.states, outcome and outcome.memory_row())
         acting, outcome = step_games(run.games, acting, actions, tracer)
         counters.states += num_games
