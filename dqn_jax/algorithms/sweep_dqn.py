@@ -123,6 +123,8 @@ class WindowUpdate:
     """One gradient step on a batch of the refreshed window, jitted once; the train state and
     the statistics are donated."""
 
+    learners = None  # it learns on the memory's device (no algorithm.learner_devices)
+
     def __init__(self, network, optimizer, *, batch_size: int, huber_delta: float | None):
         self.network, self.optimizer, self.batch_size = network, optimizer, int(batch_size)
         self.huber_delta = None if huber_delta is None else float(huber_delta)
