@@ -144,6 +144,10 @@ class DqnConfig:
     # while the games go on, acting with the network one gradient step old; 0 acts and
     # learns in turn on one device (docs/benchmarks.md, "Learning beside acting")
     learner_devices: int = 0
+    # prioritised replay (Schaul et al. 2016, proportional; dqn_jax/core/priorities.py): > 0
+    # draws a transition with probability ∝ (|TD error| + 1e-6)^this; 0 draws uniformly
+    priority_exponent: float = 0.0
+    importance_exponent: float = 0.5  # β of the importance weights (P / min P)^-β (Dopamine: 0.5)
 
 
 @dataclass
@@ -159,6 +163,9 @@ class SweepDqnConfig:
     lam: float = 0.5  # λ of the sweep's targets: 1 the tutorial's recursion (diverged on CartPole), 0 one-step
     huber_delta: float | None = 1.0  # the Huber loss is quadratic within this error; null: squared loss
     report_every: int = 50_000  # states between logged cycles (and checkpoints)
+    # > 0: the window's rows drawn by the priority of the errors a refresh (then each step) measured
+    priority_exponent: float = 0.0
+    importance_exponent: float = 0.5
 
 
 # Each algorithm's typed group: conf/algorithm/<name>.yaml starts from its schema.
@@ -302,7 +309,8 @@ POSITIVE = ("memory.size", "memory.batch_size", "memory.reward_clip", "env.frame
             "algorithm.report_every", "algorithm.refresh_states", "algorithm.window", "stop_grace_seconds", "faults.q_factor", "faults.q_bound",
             "faults.loss_window",
             *(f"schedule.{name}.span" for name in SIGNALS))
-NOT_NEGATIVE = ("algorithm.error_threshold", "algorithm.learner_devices", "optimizer.eps", "optimizer.initial_scale",
+NOT_NEGATIVE = ("algorithm.error_threshold", "algorithm.learner_devices", "algorithm.priority_exponent",
+                "algorithm.importance_exponent", "optimizer.eps", "optimizer.initial_scale",
                 "algorithm.warmup", "test_episodes_after_training",
                 "env.trace_threshold", "faults.loss_after",
                 *(f"schedule.{name}.{end}" for name in SIGNALS for end in ("start", "end")))
@@ -334,6 +342,9 @@ def validate(cfg) -> None:
     if learners is not _ABSENT and learners and cfg.memory.batch_size % learners:
         raise ConfigError(f"memory.batch_size={cfg.memory.batch_size} must be a multiple of "
                           f"algorithm.learner_devices={learners} (each learner takes an equal share of a batch)")
+    if learners is not _ABSENT and learners and _get(cfg, "algorithm.priority_exponent"):
+        raise ConfigError(f"algorithm.priority_exponent={cfg.algorithm.priority_exponent} needs "
+                          "algorithm.learner_devices=0 (prioritised batches are drawn and learnt on one device)")
     games = num_envs(cfg.env)
     window, refresh = _get(cfg, "algorithm.window"), _get(cfg, "algorithm.refresh_states")  # sweep_dqn
     if window is not _ABSENT and (refresh % every or not 0 < window // games < memory_rows(cfg.memory, games) - -(-refresh // games)):

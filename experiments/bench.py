@@ -140,13 +140,19 @@ def bench_learner(quick: bool) -> None:
            f"{d['bfloat16'] / d['float32']:.0%} of the float32 speed ({d['bfloat16']:.2f} vs "
            f"{d['float32']:.2f} steps/s); products asked in {'/'.join(d['asked'])}, compiled "
            f"in {'/'.join(d['compiled'])}")
+    step_ms = {}
     for algorithm, name in (("dqn", "DQN"), ("double_dqn", "Double DQN")):
         cfg = _compose(["experiment=compare_algorithms", f"algorithm={algorithm}"])
         q = bench_core.bench_dqn_update(cfg, steps=50 if quick else 300)
+        step_ms[algorithm] = q["step_ms"]
         report("c", f"{name} gradient step, experiment=compare_algorithms, batch {cfg.memory.batch_size}",
                f"{q['step_ms']:.1f} ms ({q['params']:,} params; compiled {q['compiles']}x): "
                f"<= {cfg.algorithm.train_every * 1e3 / q['step_ms']:.0f} states/s at a step per "
                f"{cfg.algorithm.train_every} states")
+    cfg = _compose(["experiment=compare_algorithms", "algorithm=dqn", "algorithm.priority_exponent=0.5"])
+    q = bench_core.bench_dqn_update(cfg, steps=50 if quick else 300)
+    report("c", f"DQN gradient step, prioritised (α 0.5) / uniform, {cfg.memory.size:,} states",
+           f"{q['step_ms'] / step_ms['dqn']:.2f}x ({q['step_ms']:.1f} vs {step_ms['dqn']:.1f} ms)")
     b = gpu_bound()
     report("c", "hvass forward / update FLOPs per batch 128",
            f"{b['forward_flops'] / 1e9:.1f} / {b['step_flops'] / 1e9:.1f} GFLOP (update = 3x fwd)")

@@ -200,11 +200,11 @@ def bench_dqn_update(cfg, steps: int = 200) -> dict:
     state, stats, key = dqn.with_target(parts.train_state), dqn.Stats.zeros(), jax.random.key(2)
     with Compiles() as compiles:
         for _ in range(3):  # compiles once
-            state, stats, key = update(state, stats, memory, key, rate)
+            state, stats, memory, key = update(state, stats, memory, key, rate)
     jax.block_until_ready(state.params)
     start = time.perf_counter()
     for _ in range(steps):
-        state, stats, key = update(state, stats, memory, key, rate)
+        state, stats, memory, key = update(state, stats, memory, key, rate)
     jax.block_until_ready(state.params)
     seconds = (time.perf_counter() - start) / steps
     return {"step_ms": seconds * 1e3, "params": count_params(state.params), "compiles": compiles.of("_step")}

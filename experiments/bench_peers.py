@@ -262,10 +262,16 @@ def versions(fw: Framework, dqn_jax_root: Path = ROOT) -> str:
     return text
 
 
+def settings_of(name: str, learners: int = 2) -> str:
+    """What the table says about ``name``'s settings (dqn_jax's row: its learner devices)."""
+    settings = FRAMEWORKS[name].settings
+    return settings.replace("learner_devices=2", f"learner_devices={learners}") if name == "dqn_jax" else settings
+
+
 def run_one(name: str, work: Work, timeout: float, log_dir: Path | None, dqn_jax_root: Path = ROOT,
             learners: int = 2) -> dict:
     fw = FRAMEWORKS[name]
-    row = {"name": name, "settings": fw.settings, "differs": fw.differs, "version": "?"}
+    row = {"name": name, "settings": settings_of(name, learners), "differs": fw.differs, "version": "?"}
     try:
         row["version"] = versions(fw, dqn_jax_root)
     except Exception as e:  # noqa: BLE001 - reported in the table

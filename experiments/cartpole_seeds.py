@@ -5,12 +5,13 @@
 
 Each run is ``python -m dqn_jax RECIPE seed=S`` in a directory of its own (its own
 embedded MLflow store); the table gives each run's test mean, min and wall time, read
-back from MLflow as the test reads it.
+back from MLflow as the test reads it, and how fast it learned (from its rewards.csv).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import subprocess
 import sys
@@ -39,6 +40,16 @@ def _score(root: Path) -> dict:
     return run.data.metrics
 
 
+def _learning_speed(root: Path, bar: float = 400.0) -> str:
+    """How fast it learned, from the run's rewards.csv: the states played when the mean of
+    the last 30 training episodes first reached ``bar``, and the mean of all its episodes."""
+    (path,) = root.glob("runs/*/*/rewards.csv")
+    rows = list(csv.DictReader(path.open()))
+    reached = next((int(r["states"]) for r in rows if float(r["mean30"]) >= bar), None)
+    mean = sum(float(r["reward"]) for r in rows) / max(len(rows), 1)
+    return f"mean of 30 at {bar:.0f} after {reached or 'never'} states, training mean {mean:.1f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -65,7 +76,7 @@ def main() -> None:
             m = _score(root)
             print(f"{key[0]} seed={key[1]}: test mean {m['test/mean_score']:.2f} "
                   f"min {m['test/min_score']:.0f} over {m['test/episodes']:.0f} episodes, "
-                  f"{wall:.0f} s", flush=True)
+                  f"{wall:.0f} s; {_learning_speed(root)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def one_step(learners: int, double: bool, n_step: int):
                         target_copy_every=2, n_step=n_step, learners=learners)
     stats, key, memory = dqn.Stats.zeros(), jax.random.key(1), filled_memory()
     for _ in range(3):  # the second step copies into the target network
-        state, stats, key = update(state, stats, memory, key, np.float32(1e-3))
+        state, stats, memory, key = update(state, stats, memory, key, np.float32(1e-3))
     return jax.device_get((state, stats, jax.random.key_data(key)))
 
 

@@ -92,6 +92,10 @@ def test_commands_carry_the_same_work():
     jx = bp.command("dqn_jax", work, Path("/tmp/x"))
     assert "algorithm.learner_devices=2" in jx
     assert "algorithm.learner_devices=0" in bp.command("dqn_jax_in_turn", work, Path("/tmp/x"))
+    # the table names the learner devices the row ran with
+    assert "algorithm.learner_devices=3" in " ".join(bp.command("dqn_jax", work, Path("/tmp/x"), learners=3))
+    assert "algorithm.learner_devices=3" in bp.settings_of("dqn_jax", 3)
+    assert "algorithm.learner_devices=2" in bp.settings_of("dqn_jax")
     assert {"algorithm=dqn", "network=nature", "env.encoding=frame_stack", "env.height=84", "env.width=84",
             "env.num_envs=1", "memory.size=10000", "memory.batch_size=32", "algorithm.warmup=2000",
             "algorithm.train_every=4", "algorithm.target_copy_states=1000",

@@ -186,7 +186,7 @@ def test_the_target_network_is_copied_every_c_steps_and_held_in_between():
     copied = leaves(state.params)
     for step in range(1, 8):
         before = leaves(state.params)
-        state, stats, key = update(state, stats, memory, key, jnp.float32(1e-2))
+        state, stats, memory, key = update(state, stats, memory, key, jnp.float32(1e-2))
         params, target = leaves(state.params), leaves(state.target_params)
         assert any(not np.array_equal(p, q) for p, q in zip(params, before, strict=True))  # it learns
         if step % 3 == 0:
@@ -196,7 +196,7 @@ def test_the_target_network_is_copied_every_c_steps_and_held_in_between():
     assert int(state.updates) == 7 and int(stats.count) == 7
     # the copy is the target's own buffer: donating the state again must not clash
     with Compiles() as compiles:
-        state, stats, key = update(state, stats, memory, key, jnp.float32(1e-2))
+        state, stats, memory, key = update(state, stats, memory, key, jnp.float32(1e-2))
     assert compiles.of("_step") == 0  # compiled once, by the first step
 
 
@@ -227,24 +227,96 @@ def test_one_update_is_the_reference_gradient_step():
                             centered=True)
     steps, _ = rmsprop.update(grads, rmsprop.init(params), params)
     expected = optax.apply_updates(params, steps)
-    state, stats, _ = update(state, dqn.Stats.zeros(), memory, key, jnp.float32(learning_rate))
+    state, stats, _, _ = update(state, dqn.Stats.zeros(), memory, key, jnp.float32(learning_rate))
     assert float(stats.loss) == pytest.approx(float(reference_loss(params)), rel=1e-5)
     for got, want, before in zip(leaves(state.params), leaves(expected), leaves(params), strict=True):
         assert not np.allclose(want, before)  # every parameter moves in one step
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
+def test_prioritised_batches_are_complete_transitions_drawn_by_their_stored_errors():
+    steps, games, rows = 5, 3, 12
+    memory = circular_memory(steps, games, rows)
+    memory = replay.record_decision(memory, np.stack([np.full(games, rows), np.arange(games)], 1),
+                                    np.zeros((games, 2)), np.zeros(games, int))
+    # complete transitions: positions 8..11 in rows 3, 4, 0, 1; row 2 holds the open row
+    errors = np.arange(steps * games, dtype=np.float32).reshape(steps, games)
+    memory = memory.replace(errors=jnp.asarray(errors))
+    sample = jax.jit(dqn.sample_prioritised, static_argnums=(2, 3, 4, 5, 6))
+    batch, (row, game), weights = jax.device_get(sample(jax.random.PRNGKey(0), memory, 6000, 1, 1.0, 1.0, 0.5))
+    position = batch.states[:, 0]
+    np.testing.assert_array_equal(position % steps, row)  # the (row, game) it reports is where it drew
+    np.testing.assert_array_equal(batch.states[:, 1], game)
+    np.testing.assert_array_equal(batch.next_states[:, 0], position + 1)
+    np.testing.assert_array_equal(batch.rewards, position.astype(np.float32))
+    assert set(position.tolist()) == {8, 9, 10, 11}
+    priority = errors + 1e-6
+    priority[2] = 0.0  # the open row: not a transition
+    expected = priority[row, game] / priority.sum()
+    np.testing.assert_allclose(weights, (expected.min() / expected) ** 0.5, rtol=1e-5)
+    counts = np.bincount(row * games + game, minlength=steps * games).reshape(steps, games)
+    share = priority / priority.sum() * 6000
+    assert np.all(np.abs(counts - share) < 5 * np.sqrt(share) + 1)
+
+
+def test_a_prioritised_update_weights_its_loss_and_stores_the_errors_it_measured():
+    """One prioritised step: optax's RMSProp on jax.grad of a reference loss whose terms are
+    multiplied by the importance weights; |target - Q(s, a)| of the batch (before the step)
+    replaces the stored errors where it drew, and nothing else in the memory changes."""
+    import optax
+
+    state, update = tiny_update(copy_every=100)
+    update = dqn.Update(update.network, update.optimizer, batch_size=8, discount=0.9, huber_delta=1.0, double=False,
+                        target_copy_every=100, priority_exponent=0.7, importance_exponent=0.4)
+    memory = circular_memory(steps=6, games=2, rows=8)
+    memory = memory.replace(states=memory.states.astype(jnp.float32),
+                            errors=jnp.asarray(np.random.default_rng(0).random((6, 2)), jnp.float32))
+    before = jax.device_get(memory)
+    key, learning_rate = jax.random.PRNGKey(3), 3e-3
+    _, pick = jax.random.split(key)
+    batch, (row, game), weights = jax.device_get(dqn.sample_prioritised(pick, memory, 8, 1, 0.9, 0.7, 0.4))
+    assert len(set(zip(row.tolist(), game.tolist(), strict=True))) > 3 and weights.min() < 1.0
+    apply = update.network.apply
+    params, target_params = jax.device_get(state.params), jax.device_get(state.target_params)
+    next_q = np.asarray(apply(target_params, batch.next_states))
+    targets = reference_targets(batch.rewards, batch.terminal, next_q, next_q, 0.9, False)
+
+    def reference_loss(p):
+        error = jnp.abs(apply(p, batch.states)[np.arange(8), batch.actions] - targets)
+        return jnp.mean(weights * jnp.where(error <= 1.0, 0.5 * error**2, error - 0.5))
+
+    rmsprop = optax.rmsprop(learning_rate, decay=0.95, eps=0.01, initial_scale=0.0, eps_in_sqrt=True,
+                            centered=True)
+    steps, _ = rmsprop.update(jax.grad(reference_loss)(params), rmsprop.init(params), params)
+    expected = optax.apply_updates(params, steps)
+    state, stats, memory, _ = update(state, dqn.Stats.zeros(), memory, key, jnp.float32(learning_rate))
+    assert float(stats.loss) == pytest.approx(float(reference_loss(params)), rel=1e-5)
+    for got, want in zip(leaves(state.params), leaves(expected), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    measured = np.abs(np.asarray(apply(params, batch.states))[np.arange(8), batch.actions] - targets)
+    after = jax.device_get(memory)
+    written = np.zeros((6, 2), bool)
+    for r, g, e in zip(row, game, measured, strict=True):
+        assert after.errors[r, g] == pytest.approx(e, rel=1e-5)
+        written[r, g] = True
+    np.testing.assert_array_equal(after.errors[~written], before.errors[~written])
+    np.testing.assert_array_equal(after.states, before.states)
+
+
 # ------------------------------------------------------------------------ end to end
 
 
-@pytest.mark.parametrize("algorithm, encoding", [("dqn", "motion_trace"), ("double_dqn", "frame_stack")])
-def test_each_algorithm_trains_checkpoints_and_resumes(tmp_path, algorithm, encoding):
+@pytest.mark.parametrize("algorithm, encoding, priority", [("dqn", "motion_trace", 0.0),
+                                                           ("double_dqn", "frame_stack", 0.6)])
+def test_each_algorithm_trains_checkpoints_and_resumes(tmp_path, algorithm, encoding, priority):
     """A few hundred states of real Breakout, then the same command resumes: the target
-    network and the update count come back from the checkpoint."""
+    network and the update count come back from the checkpoint. Double DQN draws its
+    batches by priority."""
     from tests.conftest import run_and_resume
 
     args = [f"algorithm={algorithm}", "algorithm.warmup=100", "algorithm.report_every=200",
-            "algorithm.target_copy_states=28", "memory.batch_size=8", f"env.encoding={encoding}", "logger=none"]
+            "algorithm.target_copy_states=28", "memory.batch_size=8", f"env.encoding={encoding}", "logger=none",
+            f"algorithm.priority_exponent={priority}"]
     steps, state, counters = run_and_resume(args, tmp_path)
     assert steps[-2:] == [400, 600]
     assert isinstance(state, dqn.DqnState) and int(counters["states"]) == 600

@@ -127,6 +127,25 @@ def test_batches_come_from_the_refreshed_rows_with_their_targets():
     np.testing.assert_array_equal(np.asarray(targets), np.asarray(memory.q_values)[rows, games, np.asarray(actions)])
 
 
+def test_prioritised_batches_come_from_the_window_by_its_stored_errors():
+    memory = random_memory(np.random.default_rng(3), count=55, circular=True)  # open row 15, window rows 5..13
+    draw = jax.jit(sweep_dqn.sample_window_prioritised, static_argnums=(4, 5, 6))
+    (states, actions, targets), (row, game), weights = jax.device_get(
+        draw(jax.random.PRNGKey(0), memory, jnp.int32(45), jnp.int32(9), 6000, 1.0, 1.0))
+    np.testing.assert_array_equal(states[:, 0].astype(int), row)
+    np.testing.assert_array_equal(states[:, 1].astype(int), game)
+    np.testing.assert_array_equal(targets, np.asarray(memory.q_values)[row, game, actions])
+    errors = np.asarray(memory.errors)
+    priority = np.zeros_like(errors)
+    priority[5:14] = errors[5:14] + 1e-6
+    probability = priority[row, game] / priority.sum()
+    np.testing.assert_allclose(weights, probability.min() / probability, rtol=1e-4)  # β = 1
+    counts = np.bincount(row * 3 + game, minlength=priority.size).reshape(priority.shape)
+    share = priority / priority.sum() * 6000
+    assert counts[priority == 0].sum() == 0
+    assert np.all(np.abs(counts - share) < 5 * np.sqrt(share) + 1)
+
+
 def test_a_refresh_sweeps_the_re_estimated_window_in_place():
     memory = random_memory(np.random.default_rng(11), count=40, wrapped=30, circular=True)  # count 70, open row 30
     params = {"w": jnp.asarray(np.random.default_rng(2).normal(size=(3, 4)), jnp.float32)}

@@ -34,7 +34,7 @@ import optax
 
 from dqn_jax.algorithms.base import Algorithm, Hooks, MemorySpec, Report, counter
 from dqn_jax.algorithms.learners import ActingCopies, Learners
-from dqn_jax.core import replay
+from dqn_jax.core import priorities, replay
 from dqn_jax.core.training import TrainState, set_learning_rate
 
 
@@ -70,9 +70,32 @@ def sample_transitions(key, memory: replay.ReplayMemory, batch_size: int, n_step
     ``terminal`` is true when the sum was cut: the target then takes no value after it.
     """
     back_key, game_key = jax.random.split(key)
-    available = jnp.minimum(memory.count, memory.rows - 1) - (n_step - 1)
-    position = memory.count - n_step - jax.random.randint(back_key, (batch_size,), 0, available)
+    position = memory.count - n_step - jax.random.randint(back_key, (batch_size,), 0, _complete(memory, n_step))
     game = jax.random.randint(game_key, (batch_size,), 0, memory.num_games)
+    return gather_transitions(memory, position, game, n_step, discount)
+
+
+def sample_prioritised(key, memory: replay.ReplayMemory, batch_size: int, n_step: int, discount: float,
+                       exponent: float, weight_exponent: float):
+    """A batch of the complete transitions drawn by priority (:mod:`dqn_jax.core.priorities`):
+    returns (transitions, their (row, game) in the memory, their importance weights)."""
+    back = (memory.count - n_step - jnp.arange(memory.rows)) % memory.rows  # rows back from the newest
+    valid = jnp.broadcast_to((back < _complete(memory, n_step))[:, None], memory.errors.shape)
+    index, probability = priorities.draw(key, priorities.priorities(memory.errors, valid, exponent), batch_size)
+    row, game = jnp.divmod(index, memory.num_games)
+    position = memory.count - n_step - back[row]
+    weights = priorities.importance_weights(probability, weight_exponent)
+    return gather_transitions(memory, position, game, n_step, discount), (row, game), weights
+
+
+def _complete(memory: replay.ReplayMemory, n_step: int):
+    """How many positions back from the newest (count - n_step) hold complete transitions."""
+    return jnp.minimum(memory.count, memory.rows - 1) - (n_step - 1)
+
+
+def gather_transitions(memory: replay.ReplayMemory, position, game, n_step: int, discount: float) -> Transitions:
+    """The n-step transitions at ``position`` (as ``count`` counts rows) of ``game``."""
+    batch_size = position.shape[0]
     rewards, alive = jnp.zeros(batch_size, jnp.float32), jnp.ones(batch_size, bool)
     for k in range(n_step):  # n is small and static: unrolled
         row = (position + k) % memory.rows
@@ -94,14 +117,16 @@ def td_targets(rewards, terminal, next_q_target, next_q_online, discount, double
     return rewards + discount * jnp.where(terminal, 0.0, next_value)
 
 
-def huber_td_loss(q, actions, targets, delta: float | None) -> tuple[jax.Array, jax.Array]:
+def huber_td_loss(q, actions, targets, delta: float | None, weights=None) -> tuple[jax.Array, jax.Array]:
     """The mean Huber loss of Q(s, a) against ``targets`` (quadratic within ``delta``, the
-    paper's error clipping; ``delta`` None: the squared loss 0.5 (target - Q)^2 everywhere);
-    returns (loss, Q(s, a))."""
+    paper's error clipping; ``delta`` None: the squared loss 0.5 (target - Q)^2 everywhere),
+    each term times its importance weight where ``weights`` are given; returns (loss, Q(s, a))."""
     taken = jnp.take_along_axis(q, actions[:, None], axis=-1)[:, 0]
     if delta is None:
-        return jnp.mean(0.5 * jnp.square(targets - taken)), taken
-    return jnp.mean(optax.huber_loss(taken, targets, delta=delta)), taken
+        terms = 0.5 * jnp.square(targets - taken)
+    else:
+        terms = optax.huber_loss(taken, targets, delta=delta)
+    return jnp.mean(terms if weights is None else weights * terms), taken
 
 
 class Stats(NamedTuple):
@@ -126,14 +151,15 @@ class Stats(NamedTuple):
 
 
 def descend(network, optimizer, state: TrainState, states, actions, targets, learning_rate,
-            huber_delta: float | None, axis: str | None = None):
+            huber_delta: float | None, axis: str | None = None, weights=None):
     """One optimiser step on the loss of Q(states, actions) against ``targets`` (traced
     inside a jitted step); returns (params, opt_state, loss, Q(s, a)). ``axis``: the batch
     is split over the learners of this named axis, and each steps with the whole batch's
-    mean gradient."""
+    mean gradient. ``weights``: the importance weights of a prioritised batch."""
 
     def loss_fn(params):
-        return huber_td_loss(network.apply(params, states), actions, jax.lax.stop_gradient(targets), huber_delta)
+        return huber_td_loss(network.apply(params, states), actions, jax.lax.stop_gradient(targets), huber_delta,
+                             weights)
 
     (loss, taken), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     if axis is not None:
@@ -150,25 +176,36 @@ class Update:
     ``learners`` > 0 (:mod:`dqn_jax.algorithms.learners`): the batch is drawn on the
     memory's device and split over that many devices of the learners' own, which hold the
     train state; otherwise the whole step is one call on the memory's device.
+    ``priority_exponent`` > 0: the batch is drawn by priority (:func:`sample_prioritised`),
+    its loss terms weighted by ``importance_exponent``, and the step writes the errors it
+    measured into the memory's stored errors (donated); 0 draws uniformly.
     """
 
     def __init__(self, network, optimizer, *, batch_size: int, discount: float, huber_delta: float | None,
-                 double: bool, target_copy_every: int, n_step: int = 1, learners: int = 0):
+                 double: bool, target_copy_every: int, n_step: int = 1, learners: int = 0,
+                 priority_exponent: float = 0.0, importance_exponent: float = 0.5):
         """``target_copy_every`` counts gradient steps (:class:`Dqn` converts the config's states)."""
         self.network, self.optimizer, self.batch_size = network, optimizer, int(batch_size)
         self.discount, self.double = float(discount), bool(double)
         self.huber_delta = None if huber_delta is None else float(huber_delta)
         self.target_copy_every, self.n_step = int(target_copy_every), int(n_step)
+        self.priority_exponent, self.importance_exponent = float(priority_exponent), float(importance_exponent)
         self.learners = Learners(int(learners), self._learn) if learners else None
         self._jit = jax.jit(self._step, donate_argnums=(0, 1))
+        self._jit_prioritised = jax.jit(self._prioritised_step, donate_argnums=(0, 1, 3))
         self._sample = jax.jit(self._sample_batch)
 
     def __call__(self, train_state: TargetTrainState, stats: Stats, memory, key, learning_rate):
-        """Returns (train_state, stats, key)."""
+        """Returns (train_state, stats, memory, key)."""
+        if self.priority_exponent > 0:  # the errors travel apart, donated, the rest of the memory is only read
+            train_state, stats, errors, key = self._jit_prioritised(
+                train_state, stats, memory.replace(errors=None), memory.errors, key, learning_rate)
+            return train_state, stats, memory.replace(errors=errors), key
         if self.learners is None:
-            return self._jit(train_state, stats, memory, key, learning_rate)
+            train_state, stats, key = self._jit(train_state, stats, memory, key, learning_rate)
+            return train_state, stats, memory, key
         key, batch = self._sample(key, memory)
-        return (*self.learners.step(train_state, stats, batch, learning_rate), key)
+        return (*self.learners.step(train_state, stats, batch, learning_rate), memory, key)
 
     def _sample_batch(self, key, memory) -> tuple:
         key, pick = jax.random.split(key)
@@ -178,17 +215,32 @@ class Update:
         key, batch = self._sample_batch(key, memory)
         return (*self._learn(state, stats, batch, learning_rate), key)
 
+    def _prioritised_step(self, state: TargetTrainState, stats: Stats, memory, errors, key, learning_rate):
+        key, pick = jax.random.split(key)
+        batch, (row, game), weights = sample_prioritised(pick, memory.replace(errors=errors), self.batch_size,
+                                                         self.n_step, self.discount, self.priority_exponent,
+                                                         self.importance_exponent)
+        state, stats, measured = self._descend(state, stats, batch, learning_rate, weights=weights)
+        return state, stats, errors.at[row, game].set(measured), key
+
     def _learn(self, state: TargetTrainState, stats: Stats, batch: Transitions, learning_rate, axis=None):
         """The step on a drawn batch (``axis``: a learner's share of it): returns (state, stats)."""
+        return self._descend(state, stats, batch, learning_rate, axis)[:2]
+
+    def _descend(self, state: TargetTrainState, stats: Stats, batch: Transitions, learning_rate, axis=None,
+                 weights=None):
+        """Returns (state, stats, the batch's errors |target - Q(s, a)| before the step; None
+        for a learner's share)."""
         apply = self.network.apply
         next_online = apply(state.params, batch.next_states) if self.double else None
         targets = td_targets(batch.rewards, batch.terminal, apply(state.target_params, batch.next_states),
                              next_online, self.discount ** self.n_step, self.double)
         params, opt_state, loss, taken = descend(self.network, self.optimizer, state, batch.states, batch.actions,
-                                                 targets, learning_rate, self.huber_delta, axis)
+                                                 targets, learning_rate, self.huber_delta, axis, weights)
         count = state.updates + 1
         target = jax.lax.cond(count % self.target_copy_every == 0, lambda: params, lambda: state.target_params)
-        return TargetTrainState(params, opt_state, count, target), stats.add(loss, taken)
+        errors = jnp.abs(targets - taken) if axis is None else None  # with learners, taken is the whole batch's
+        return TargetTrainState(params, opt_state, count, target), stats.add(loss, taken), errors
 
 
 @flax.struct.dataclass
@@ -220,7 +272,8 @@ class Dqn(Algorithm):
         update = Update(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
                         discount=algo.discount, huber_delta=algo.huber_delta, double=algo.name == "double_dqn",
                         target_copy_every=algo.target_copy_states // algo.train_every, n_step=algo.n_step,
-                        learners=algo.learner_devices)
+                        learners=algo.learner_devices, priority_exponent=algo.priority_exponent,
+                        importance_exponent=algo.importance_exponent)
         return cls(update, memory, signals, warmup=algo.warmup, train_every=algo.train_every,
                    report_every=algo.report_every, n_step=algo.n_step)
 
@@ -247,7 +300,7 @@ class Dqn(Algorithm):
 
     def learn(self, state: DqnState, memory, key, states: int, hooks: Hooks):
         """One gradient step (on the device; nothing is read back)."""
-        train, stats, key = self.update(state.train, state.stats, memory, key, self._learning_rate_array)
+        train, stats, memory, key = self.update(state.train, state.stats, memory, key, self._learning_rate_array)
         if self.copies is not None:
             self.copies.stepped(train)
         return state.replace(train=train, stats=stats, credit=counter(state.credit - self.train_every)), memory, key, None

@@ -40,6 +40,7 @@ import numpy as np
 from dqn_jax.algorithms import dqn
 from dqn_jax.algorithms.base import MemorySpec, counter
 from dqn_jax.algorithms.hvass.targets import recompute_targets, resolve_target_method
+from dqn_jax.core import priorities
 from dqn_jax.core.replay import ReplayMemory
 
 # States the network evaluates at once when a refresh re-estimates the window (the
@@ -96,6 +97,23 @@ def sample_window(key, memory: ReplayMemory, start, rows, batch_size: int):
     row_key, game_key = jax.random.split(key)
     row = (start + jax.random.randint(row_key, (batch_size,), 0, rows)) % memory.rows
     game = jax.random.randint(game_key, (batch_size,), 0, memory.num_games)
+    return _window_batch(memory, row, game)
+
+
+def sample_window_prioritised(key, memory: ReplayMemory, start, rows, batch_size: int, exponent: float,
+                              importance_exponent: float):
+    """A batch of the window's closed rows drawn by the priority of their stored errors
+    (:mod:`dqn_jax.core.priorities`; a refresh measures them all): returns
+    ((states, actions, targets), their (row, game), their importance weights)."""
+    inside = (jnp.arange(memory.rows) - start) % memory.rows < rows
+    valid = jnp.broadcast_to(inside[:, None], memory.errors.shape)
+    index, probability = priorities.draw(key, priorities.priorities(memory.errors, valid, exponent), batch_size)
+    row, game = jnp.divmod(index, memory.num_games)
+    weights = priorities.importance_weights(probability, importance_exponent)
+    return _window_batch(memory, row, game), (row, game), weights
+
+
+def _window_batch(memory: ReplayMemory, row, game):
     actions = memory.actions[row, game]
     return memory.states[row, game], actions, memory.q_values[row, game, actions]
 
@@ -121,25 +139,51 @@ class Refresh:
 
 class WindowUpdate:
     """One gradient step on a batch of the refreshed window, jitted once; the train state and
-    the statistics are donated."""
+    the statistics are donated. ``priority_exponent`` > 0: the batch is drawn by the
+    priority of the window's stored errors, and the step writes those it measured (as
+    :class:`dqn.Update`)."""
 
     learners = None  # it learns on the memory's device (no algorithm.learner_devices)
 
-    def __init__(self, network, optimizer, *, batch_size: int, huber_delta: float | None):
+    def __init__(self, network, optimizer, *, batch_size: int, huber_delta: float | None,
+                 priority_exponent: float = 0.0, importance_exponent: float = 0.5):
         self.network, self.optimizer, self.batch_size = network, optimizer, int(batch_size)
         self.huber_delta = None if huber_delta is None else float(huber_delta)
+        self.priority_exponent, self.importance_exponent = float(priority_exponent), float(importance_exponent)
         self._jit = jax.jit(self._step, donate_argnums=(0, 1))
+        self._jit_prioritised = jax.jit(self._prioritised_step, donate_argnums=(0, 1, 3))
 
     def __call__(self, train_state, stats, memory, key, start, rows, learning_rate):
-        """Returns (train_state, stats, key)."""
-        return self._jit(train_state, stats, memory, key, start, rows, learning_rate)
+        """Returns (train_state, stats, memory, key)."""
+        if self.priority_exponent > 0:
+            train_state, stats, errors, key = self._jit_prioritised(
+                train_state, stats, memory.replace(errors=None), memory.errors, key, start, rows, learning_rate)
+            return train_state, stats, memory.replace(errors=errors), key
+        train_state, stats, key = self._jit(train_state, stats, memory, key, start, rows, learning_rate)
+        return train_state, stats, memory, key
 
     def _step(self, state: dqn.TargetTrainState, stats: dqn.Stats, memory, key, start, rows, learning_rate):
         key, pick = jax.random.split(key)
-        states, actions, targets = sample_window(pick, memory, start, rows, self.batch_size)
+        batch = sample_window(pick, memory, start, rows, self.batch_size)
+        state, stats, _ = self._descend(state, stats, batch, learning_rate)
+        return state, stats, key
+
+    def _prioritised_step(self, state: dqn.TargetTrainState, stats: dqn.Stats, memory, errors, key, start, rows,
+                          learning_rate):
+        key, pick = jax.random.split(key)
+        batch, (row, game), weights = sample_window_prioritised(
+            pick, memory.replace(errors=errors), start, rows, self.batch_size, self.priority_exponent,
+            self.importance_exponent)
+        state, stats, measured = self._descend(state, stats, batch, learning_rate, weights)
+        return state, stats, errors.at[row, game].set(measured), key
+
+    def _descend(self, state: dqn.TargetTrainState, stats: dqn.Stats, batch, learning_rate, weights=None):
+        """Returns (state, stats, the batch's errors |target - Q(s, a)| before the step)."""
+        states, actions, targets = batch
         params, opt_state, loss, taken = dqn.descend(self.network, self.optimizer, state, states, actions, targets,
-                                                     learning_rate, self.huber_delta)
-        return state.replace(params=params, opt_state=opt_state, updates=state.updates + 1), stats.add(loss, taken), key
+                                                     learning_rate, self.huber_delta, weights=weights)
+        state = state.replace(params=params, opt_state=opt_state, updates=state.updates + 1)
+        return state, stats.add(loss, taken), jnp.abs(targets - taken)
 
 
 @flax.struct.dataclass
@@ -172,7 +216,8 @@ class SweepDqn(dqn.Dqn):
     def from_config(cls, cfg, parts, memory: MemorySpec, signals) -> SweepDqn:
         algo = cfg.algorithm
         update = WindowUpdate(parts.network, parts.optimizer, batch_size=cfg.memory.batch_size,
-                              huber_delta=algo.huber_delta)
+                              huber_delta=algo.huber_delta, priority_exponent=algo.priority_exponent,
+                              importance_exponent=algo.importance_exponent)
         refresh = Refresh(parts.network, window_rows=algo.window // memory.games, games=memory.games,
                           discount=algo.discount, lam=algo.lam, method="auto")
         return cls(update, refresh, memory, signals, warmup=algo.warmup, train_every=algo.train_every,
@@ -190,7 +235,7 @@ class SweepDqn(dqn.Dqn):
         figures = None
         if int(state.to_refresh) == 0:
             state, memory, figures = self._refresh(state, memory, hooks)
-        train, stats, key = self.update(state.train, state.stats, memory, key, *self._bounds,
+        train, stats, memory, key = self.update(state.train, state.stats, memory, key, *self._bounds,
                                         self._learning_rate_array)
         state = state.replace(train=train, stats=stats, credit=counter(state.credit - self.train_every),
                               to_refresh=counter(state.to_refresh - 1))

@@ -17,6 +17,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from dqn_jax.core.priorities import UNSEEN
+
 
 @flax.struct.dataclass
 class ReplayMemory:
@@ -26,7 +28,7 @@ class ReplayMemory:
     rewards: jax.Array  # float32 (T, N), clipped
     end_life: jax.Array  # bool (T, N): a life was lost at this step (terminal for the sweep)
     end_episode: jax.Array  # bool (T, N)
-    errors: jax.Array  # float32 (T, N): |target - estimate| from the last sweep
+    errors: jax.Array  # float32 (T, N): |target - estimate| when last measured (core.priorities)
     count: jax.Array  # int32 scalar: rows closed (at most ``rows`` unless circular)
     # Circular (DQN): rows are written at count % rows, overwriting the oldest, and
     # count keeps growing. Otherwise (the tutorial's) a full memory writes nothing.
@@ -99,15 +101,18 @@ def record_outcome(memory: ReplayMemory, rewards, end_life, end_episode, reward_
 
     Rewards are stored clipped to [-reward_clip, reward_clip]. ``pending`` (may be
     traced) false writes nothing: there is no open row to close. A full memory writes
-    nothing and leaves ``count`` at ``rows``.
+    nothing and leaves ``count`` at ``rows``. A circular memory marks the row's errors
+    ``UNSEEN``: the row may hold an older transition's error, not this one's.
     """
     pending = jnp.asarray(pending, bool)
     row = jnp.where(pending, _open_row(memory), memory.rows)  # out of range: dropped
     clipped = jnp.clip(jnp.asarray(rewards, jnp.float32), -reward_clip, reward_clip)
+    errors = _put_row(memory.errors, row, UNSEEN) if memory.circular else memory.errors
     return memory.replace(
         rewards=_put_row(memory.rewards, row, clipped),
         end_life=_put_row(memory.end_life, row, end_life),
         end_episode=_put_row(memory.end_episode, row, end_episode),
+        errors=errors,
         count=_closed_count(memory, pending.astype(jnp.int32)),
     )
 
