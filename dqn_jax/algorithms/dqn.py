@@ -7,9 +7,10 @@ and test mode with the tutorial's method. What is theirs:
 * the replay memory is circular (``ReplayMemory.circular``) and kept across updates; a
   transition is a row of one game and the row ``n_step`` later of the same game;
 * after ``warmup`` states, one gradient step every ``train_every`` states on a uniform
-  batch: the Huber (or squared) loss of Q(s, a) against the n-step return plus
-  discount^n * V(s'), V from a target network (Double DQN: the action of the online
-  network, the value of the target network);
+  batch (or one drawn by priority, ``algorithm.priority_exponent``): the Huber (or
+  squared) loss of Q(s, a) against the n-step return plus discount^n * V(s'), V from a
+  target network (Double DQN: the action of the online network, the value of the target
+  network);
 * the target network is a copy of the network taken every ``target_copy_states`` states
   (as DeepMind's code, DQN Zoo and Dopamine count the period: in agent steps).
 
@@ -76,7 +77,7 @@ def sample_transitions(key, memory: replay.ReplayMemory, batch_size: int, n_step
 
 
 def sample_prioritised(key, memory: replay.ReplayMemory, batch_size: int, n_step: int, discount: float,
-                       exponent: float, weight_exponent: float):
+                       exponent: float, importance_exponent: float):
     """A batch of the complete transitions drawn by priority (:mod:`dqn_jax.core.priorities`):
     returns (transitions, their (row, game) in the memory, their importance weights)."""
     back = (memory.count - n_step - jnp.arange(memory.rows)) % memory.rows  # rows back from the newest
@@ -84,7 +85,7 @@ def sample_prioritised(key, memory: replay.ReplayMemory, batch_size: int, n_step
     index, probability = priorities.draw(key, priorities.priorities(memory.errors, valid, exponent), batch_size)
     row, game = jnp.divmod(index, memory.num_games)
     position = memory.count - n_step - back[row]
-    weights = priorities.importance_weights(probability, weight_exponent)
+    weights = priorities.importance_weights(probability, importance_exponent)
     return gather_transitions(memory, position, game, n_step, discount), (row, game), weights
 
 
