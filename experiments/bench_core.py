@@ -210,6 +210,24 @@ def bench_dqn_update(cfg, steps: int = 200) -> dict:
     return {"step_ms": seconds * 1e3, "params": count_params(state.params), "compiles": compiles.of("_step")}
 
 
+def bench_priority_draw(states: int, batch_size: int = 32, batches: int = 300) -> float:
+    """Milliseconds per prioritised draw (:mod:`dqn_jax.core.priorities`: the priorities of
+    ``states`` stored errors, their running sum, a stratified batch), what a prioritised
+    DQN step adds to a uniform one; the errors random, a tenth of them unseen."""
+    from dqn_jax.core import priorities
+
+    rng = np.random.default_rng(3)
+    errors = np.where(rng.random(states) < 0.1, priorities.UNSEEN, rng.exponential(0.5, states))
+    errors, valid = jnp.asarray(errors.reshape(-1, 8), jnp.float32), jnp.ones((states // 8, 8), bool)
+    draw = jax.jit(lambda key, e: priorities.draw(key, priorities.priorities(e, valid, 0.5), batch_size)[0])
+    keys = jax.random.split(jax.random.key(4), batches)
+    jax.block_until_ready(draw(keys[0], errors))
+    start = time.perf_counter()
+    out = [draw(key, errors) for key in keys]
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / batches * 1e3
+
+
 def old_sample_indices(key, errors_flat, used_mask, threshold, min_high_share, batch_size: int):
     """The sampler before the per-cycle plan, kept here only as the benchmark's reference:
     a uniform number for every state of the memory and ``top_k`` over all of them, per batch."""
