@@ -23,11 +23,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class SignalConfig:
-    """A linear control signal: ``start`` to ``end`` over ``span`` states, then ``end``."""
+    """A linear control signal: ``start`` until ``begin`` states, then to ``end`` over ``span``
+    states, then ``end``."""
 
     start: float = MISSING
     end: float = MISSING
     span: float = 5e6  # in states processed (count_states)
+    begin: float = 0  # states before it starts to move (Dopamine holds epsilon through its warm-up)
 
 
 @dataclass
@@ -73,6 +75,9 @@ class NetworkConfig:
     conv_strides: list[int] = field(default_factory=lambda: [2, 2, 1])
     dense: list[int] = field(default_factory=lambda: [1024, 1024, 1024, 1024])
     init_stddev: float = 0.02  # truncated-normal initialiser; <= 0 means Flax's default
+    # the weights' initialiser: "truncated_normal" (init_stddev) or "xavier_uniform" (Dopamine's)
+    kernel_init: str = "truncated_normal"
+    padding: str | None = None  # the convolutions': "SAME" or "VALID"; null: hvass SAME, nature VALID
     dtype: str = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
     # uint8 pixels into the network: "unit" divides by 255 ([0, 1]); "raw" keeps 0-255, as
     # the tutorial fed them (its small initial weights were chosen for that scale)
@@ -137,7 +142,7 @@ class DqnConfig:
     # states between copies into the target network (DeepMind's code counts agent steps:
     # 10,000); a multiple of train_every
     target_copy_states: int = 10_000
-    huber_delta: float | None = 1.0  # the Huber loss is quadratic within this TD error; null: squared loss
+    huber_delta: float | None = 1.0  # the Huber loss is quadratic within this TD error; null: (target - Q)^2
     n_step: int = 1  # rewards summed before the bootstrap (cut at a lost life or an episode's end)
     report_every: int = 50_000  # states between logged cycles (and checkpoints)
     # CPU: > 0 learns on this many host devices of its own (the batch split between them)
@@ -161,7 +166,7 @@ class SweepDqnConfig:
     refresh_states: int = 10_000  # states between refreshes of the window's targets; a multiple of train_every
     window: int = 80_000  # the last states whose targets a refresh recomputes (and the batches come from)
     lam: float = 0.5  # λ of the sweep's targets: 1 the tutorial's recursion (diverged on CartPole), 0 one-step
-    huber_delta: float | None = 1.0  # the Huber loss is quadratic within this error; null: squared loss
+    huber_delta: float | None = 1.0  # the Huber loss is quadratic within this error; null: (target - Q)^2
     report_every: int = 50_000  # states between logged cycles (and checkpoints)
     # > 0: the window's rows drawn by the priority of the errors a refresh (then each step) measured
     priority_exponent: float = 0.0
@@ -275,6 +280,8 @@ CHOICES = {
     "network.name": ("hvass", "nature", "mlp"),
     "network.dtype": ("float32", "bfloat16"),
     "network.input_scale": ("unit", "raw"),
+    "network.kernel_init": ("truncated_normal", "xavier_uniform"),
+    "network.padding": (None, "SAME", "VALID"),
     "logger.name": ("mlflow", "none"),
     "test_checkpoints": ("latest", "all"),
 }
@@ -313,7 +320,7 @@ NOT_NEGATIVE = ("algorithm.error_threshold", "algorithm.learner_devices", "algor
                 "algorithm.importance_exponent", "optimizer.eps", "optimizer.initial_scale",
                 "algorithm.warmup", "test_episodes_after_training",
                 "env.trace_threshold", "faults.loss_after",
-                *(f"schedule.{name}.{end}" for name in SIGNALS for end in ("start", "end")))
+                *(f"schedule.{name}.{end}" for name in SIGNALS for end in ("start", "end", "begin")))
 UNIT_INTERVAL = ("algorithm.discount", "algorithm.lam", "algorithm.min_high_error_share", "env.repeat_action_probability",
                  "env.trace_decay", "schedule.epsilon_test", "optimizer.decay", "optimizer.b1", "optimizer.b2",
                  "schedule.epsilon.start", "schedule.epsilon.end", "schedule.replay_fraction.start",
@@ -325,7 +332,8 @@ def validate(cfg) -> None:
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
         if value is not _ABSENT and value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+            names = ", ".join("null" if a is None else str(a) for a in allowed)
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {names}")
     _check_ranges(cfg)
     min_epochs = _get(cfg, "algorithm.min_epochs")
     if min_epochs is not _ABSENT and min(cfg.schedule.max_epochs.start, cfg.schedule.max_epochs.end) < min_epochs:

@@ -82,6 +82,9 @@ def test_composition_rejects_bad_keys_types_and_options(override, message):
         (["env=cartpole"], "use network=mlp"),
         (["network.conv_kernels=[3,3]"], "same length"),
         (["schedule.max_epochs.start=0.5"], "min_epochs"),
+        (["network.padding=FULL"], "network.padding='FULL' is not allowed; choose one of null, SAME, VALID"),
+        (["network.kernel_init=orthogonal"], "choose one of truncated_normal, xavier_uniform"),
+        (["schedule.epsilon.begin=-5"], "schedule.epsilon.begin=-5.0 is out of range; it must be >= 0"),
     ],
 )
 def test_validation_names_the_key_and_what_is_allowed(override, message):

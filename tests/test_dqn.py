@@ -152,11 +152,11 @@ def test_the_n_step_target_bootstraps_with_discount_to_the_n():
     np.testing.assert_allclose(got, [1.0 + 0.125 * 8.0, 2.0])
 
 
-def test_the_squared_loss_is_half_the_squared_error_everywhere():
+def test_the_squared_loss_is_the_squared_error_with_no_half_as_dopamines_mse():
     q = np.array([[0.0, 1.0], [10.0, 0.0]], np.float32)
     actions, targets = np.array([1, 0]), np.array([1.5, -2.0], np.float32)  # errors 0.5 and 12
     loss, _ = dqn.huber_td_loss(q, actions, targets, None)
-    assert float(loss) == pytest.approx(np.mean([0.5 * 0.5 ** 2, 0.5 * 12.0 ** 2]), rel=1e-6)
+    assert float(loss) == pytest.approx(np.mean([0.5 ** 2, 12.0 ** 2]), rel=1e-6)
 
 
 def tiny_update(copy_every: int, double: bool = False):

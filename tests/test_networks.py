@@ -128,6 +128,44 @@ def test_bfloat16_output_rounds_like_bfloat16_and_stays_float32():
     assert 0 < diff.max() < 0.05 * scale
 
 
+def _conv_output(size: int, kernel: int, stride: int, padding: str) -> int:
+    return -(-size // stride) if padding == "SAME" else (size - kernel) // stride + 1
+
+
+@pytest.mark.parametrize("name", ["hvass", "nature"])
+@pytest.mark.parametrize("padding", [None, "SAME", "VALID"])
+def test_padding_setting_shapes_the_convolutions_output(name, padding):
+    """null keeps the network's own (hvass SAME, nature VALID); SAME on nature is Dopamine's
+    NatureDQNNetwork (84x84: 21, 11, 11 -> 7,744 features where VALID gives 3,136)."""
+    cfg = NetworkConfig(name=name, conv_features=[32, 64, 64], conv_kernels=[8, 4, 3], conv_strides=[4, 2, 1],
+                        dense=[512], padding=padding)
+    params = jax.eval_shape(make_network(cfg, 4).init, jax.random.key(0), jnp.zeros((1, 84, 84, 4), jnp.uint8))
+    used = padding or ("SAME" if name == "hvass" else "VALID")
+    side = 84
+    for kernel, stride in ((8, 4), (4, 2), (3, 1)):
+        side = _conv_output(side, kernel, stride, used)
+    assert params["params"]["Dense_0"]["kernel"].shape == (side * side * 64, 512)
+    assert side == (11 if used == "SAME" else 7)
+
+
+def test_xavier_uniform_weights_match_glorots_bounds_in_every_layer():
+    """Each kernel uniform on +-sqrt(6 / (fan_in + fan_out)), a convolution's fans counting
+    its receptive field (Glorot & Bengio 2010, as Flax and Keras compute them)."""
+    cfg = NetworkConfig(name="nature", conv_features=[32, 64], conv_kernels=[8, 4], conv_strides=[4, 2],
+                        dense=[256], kernel_init="xavier_uniform", padding="SAME")
+    params = jax.jit(make_network(cfg, 4).init)(jax.random.key(3), jnp.zeros((1, 84, 84, 4), jnp.uint8))["params"]
+    for layer in params.values():
+        kernel = np.asarray(layer["kernel"])
+        field = int(np.prod(kernel.shape[:-2]))
+        limit = np.sqrt(6.0 / (field * kernel.shape[-2] + field * kernel.shape[-1]))
+        assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.95 * limit
+        assert kernel.std() == pytest.approx(limit / np.sqrt(3.0), rel=0.05)  # a uniform's stddev
+        assert float(np.abs(layer["bias"]).max()) == 0.0
+    truncated = make_network(NetworkConfig(**{**cfg.__dict__, "kernel_init": "truncated_normal"}), 4)
+    other = jax.jit(truncated.init)(jax.random.key(3), jnp.zeros((1, 84, 84, 4), jnp.uint8))["params"]
+    assert np.abs(np.asarray(other["Conv_0"]["kernel"])).max() <= 2 * 0.02 + 1e-6
+
+
 def test_unknown_network_name():
     with pytest.raises(ValueError, match="unknown network"):
         make_network(NetworkConfig(name="resnet"), num_actions=2)

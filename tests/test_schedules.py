@@ -47,3 +47,18 @@ def test_control_signals_from_config():
 def test_custom_signal_config():
     cfg = ScheduleConfig(epsilon=SignalConfig(0.5, 0.0, 100))
     assert ControlSignals.from_config(cfg).values(25)["epsilon"] == pytest.approx(0.375)
+
+
+def test_a_signal_holds_its_start_for_begin_states_then_moves():
+    """Dopamine's linearly_decaying_epsilon, written here as its paper states it: 1.0 through
+    the warm-up, then to the floor over the decay period, then the floor."""
+    def reference(step, warmup=20_000, period=250_000, floor=0.01):
+        return floor + (1.0 - floor) * min(max((period + warmup - step) / period, 0.0), 1.0)
+
+    cfg = ScheduleConfig(epsilon=SignalConfig(1.0, 0.01, 250_000, begin=20_000))
+    signals = ControlSignals.from_config(cfg)
+    for step in (0, 19_999, 20_000, 20_001, 145_000, 250_000, 269_999, 270_000, 1_000_000):
+        assert signals.values(step)["epsilon"] == pytest.approx(reference(step), abs=1e-6), step
+    assert float(jax.jit(signals.epsilon)(jnp.int32(145_000))) == pytest.approx(reference(145_000), rel=1e-5)
+    # begin 0 (the default) is the plain linear signal
+    assert ControlSignals.from_config(ScheduleConfig()).values(500_000)["epsilon"] == pytest.approx(0.55)

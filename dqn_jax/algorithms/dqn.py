@@ -119,12 +119,14 @@ def td_targets(rewards, terminal, next_q_target, next_q_online, discount, double
 
 
 def huber_td_loss(q, actions, targets, delta: float | None, weights=None) -> tuple[jax.Array, jax.Array]:
-    """The mean Huber loss of Q(s, a) against ``targets`` (quadratic within ``delta``, the
-    paper's error clipping; ``delta`` None: the squared loss 0.5 (target - Q)^2 everywhere),
-    each term times its importance weight where ``weights`` are given; returns (loss, Q(s, a))."""
+    """The mean Huber loss of Q(s, a) against ``targets`` (0.5 e^2 within ``delta``, the
+    paper's error clipping; ``delta`` None: the squared error (target - Q)^2 everywhere, as
+    Dopamine's JAX DQN and CleanRL take it, with no 1/2: under Adam the 1/2 would act as a
+    doubled ``eps``), each term times its importance weight where ``weights`` are given;
+    returns (loss, Q(s, a))."""
     taken = jnp.take_along_axis(q, actions[:, None], axis=-1)[:, 0]
     if delta is None:
-        terms = 0.5 * jnp.square(targets - taken)
+        terms = jnp.square(targets - taken)
     else:
         terms = optax.huber_loss(taken, targets, delta=delta)
     return jnp.mean(terms if weights is None else weights * terms), taken

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from dqn_jax.analyze.saved_run import RunError, SavedRun
-from dqn_jax.core.schedules import SIGNAL_NAMES
+from dqn_jax.core.schedules import SIGNAL_NAMES, linear_signal
 
 DPI = 100
 CURVES_SIZE = (15.0, 10.0)  # inches: 1500 x 1000 pixels
@@ -64,11 +64,10 @@ def read_columns(path: Path) -> dict[str, np.ndarray]:
 
 
 def _signal_from_config(cfg, name: str, states: np.ndarray) -> np.ndarray:
-    """A control signal's value at ``states`` from the run's config (linear, then flat)."""
+    """A control signal's value at ``states`` from the run's config (a saved run's config
+    may predate ``begin``)."""
     sig = getattr(cfg.schedule, name)
-    if sig.span <= 0:
-        return np.full(states.shape, float(sig.end))
-    return sig.start + (sig.end - sig.start) * np.minimum(states / float(sig.span), 1.0)
+    return np.asarray(linear_signal(sig.start, sig.end, sig.span, getattr(sig, "begin", 0))(states), np.float64)
 
 
 def _no_data(ax, why: str) -> None:

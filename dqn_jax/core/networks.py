@@ -24,8 +24,16 @@ import jax.numpy as jnp
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _kernel_init(stddev: float):
-    """Truncated normal with the given stddev; Flax's default (lecun normal) if stddev <= 0."""
+KERNEL_INITS = ("truncated_normal", "xavier_uniform")
+PADDINGS = ("SAME", "VALID")
+
+
+def _kernel_init(name: str, stddev: float):
+    """The weights' initialiser: "truncated_normal" with the given stddev, or Flax's default
+    (lecun normal, the stddev from each layer's fan-in) if stddev <= 0; "xavier_uniform"
+    (Glorot & Bengio 2010, the one Dopamine's networks use)."""
+    if name == "xavier_uniform":
+        return nn.initializers.xavier_uniform()
     if stddev > 0:
         return nn.initializers.truncated_normal(stddev=stddev)
     return nn.linear.default_kernel_init
@@ -65,7 +73,7 @@ def _dense_layers(x, sizes: Sequence[int], outputs: int, init, dtype, stream: st
 
 
 class _ConvQNetwork(nn.Module):
-    """Convolutions, flatten, dense layers; the two CNNs differ only in padding."""
+    """Convolutions, flatten, dense layers; the two CNNs differ only in their default padding."""
 
     num_actions: int
     conv_features: tuple[int, ...] = (16, 32, 64)
@@ -73,15 +81,16 @@ class _ConvQNetwork(nn.Module):
     conv_strides: tuple[int, ...] = (2, 2, 1)
     dense: tuple[int, ...] = (1024, 1024, 1024, 1024)
     init_stddev: float = 0.02
+    kernel_init: str = "truncated_normal"
     dtype: str = "float32"
     input_scale: str = "unit"
     dueling: bool = False
-    padding = "SAME"
+    padding: str = "SAME"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = _DTYPES[self.dtype]
-        init = _kernel_init(self.init_stddev)
+        init = _kernel_init(self.kernel_init, self.init_stddev)
         x = _prepare_input(x, dtype, self.input_scale)
         for features, kernel, stride in zip(
             self.conv_features, self.conv_kernels, self.conv_strides, strict=True
@@ -103,13 +112,14 @@ class _ConvQNetwork(nn.Module):
 class HvassQNetwork(_ConvQNetwork):
     """The tutorial's network: 3x3 convolutions with SAME padding, then wide dense layers."""
 
-    padding = "SAME"
+    padding: str = "SAME"
 
 
 class NatureQNetwork(_ConvQNetwork):
-    """A Nature-DQN style CNN: VALID padding; set 32/64/64, 8/4/3, 4/2/1, dense 512 for the paper's."""
+    """A Nature-DQN style CNN: VALID padding; set 32/64/64, 8/4/3, 4/2/1, dense 512 for the
+    paper's. Dopamine's JAX NatureDQNNetwork keeps Flax's SAME padding (``padding``)."""
 
-    padding = "VALID"
+    padding: str = "VALID"
 
 
 class MLPQNetwork(nn.Module):
@@ -118,6 +128,7 @@ class MLPQNetwork(nn.Module):
     num_actions: int
     dense: tuple[int, ...] = (64, 64)
     init_stddev: float = 0.0
+    kernel_init: str = "truncated_normal"
     dtype: str = "float32"
     input_scale: str = "unit"
     dueling: bool = False
@@ -126,7 +137,8 @@ class MLPQNetwork(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = _DTYPES[self.dtype]
         x = _prepare_input(x, dtype, self.input_scale).reshape((x.shape[0], -1))
-        return _dense_stack(x, self.dense, self.num_actions, _kernel_init(self.init_stddev), dtype, self.dueling)
+        init = _kernel_init(self.kernel_init, self.init_stddev)
+        return _dense_stack(x, self.dense, self.num_actions, init, dtype, self.dueling)
 
 
 def _ints(values) -> tuple[int, ...]:
@@ -140,6 +152,7 @@ def make_network(cfg, num_actions: int) -> nn.Module:
         num_actions=int(num_actions),
         dense=_ints(cfg.dense),
         init_stddev=float(cfg.init_stddev),
+        kernel_init=str(cfg.kernel_init),
         dtype=str(cfg.dtype),
         input_scale=str(cfg.input_scale),
         dueling=bool(cfg.dueling),
@@ -153,6 +166,8 @@ def make_network(cfg, num_actions: int) -> nn.Module:
         conv_kernels=_ints(cfg.conv_kernels),
         conv_strides=_ints(cfg.conv_strides),
     )
+    if cfg.padding is not None:  # null: the network's own
+        convs["padding"] = str(cfg.padding)
     if cfg.name == "hvass":
         return HvassQNetwork(**common, **convs)
     if cfg.name == "nature":

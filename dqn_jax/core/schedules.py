@@ -1,7 +1,8 @@
 """Linear control signals: values that move from a start to an end as training goes on.
 
-Every signal is a function of ``count_states`` (states processed so far). It goes
-linearly from ``start`` to ``end`` over ``span`` states and then stays at ``end``.
+Every signal is a function of ``count_states`` (states processed so far). It holds
+``start`` for ``begin`` states (0 unless set), goes linearly to ``end`` over ``span``
+states and then stays at ``end``.
 The signals are plain Optax schedules, so they work on Python ints on the host and
 on traced counts inside jitted code alike.
 """
@@ -13,13 +14,15 @@ from dataclasses import dataclass, fields
 import optax
 
 
-def linear_signal(start: float, end: float, span: float) -> optax.Schedule:
-    """A schedule going from ``start`` to ``end`` over ``span`` states, then ``end``."""
+def linear_signal(start: float, end: float, span: float, begin: float = 0) -> optax.Schedule:
+    """A schedule holding ``start`` for ``begin`` states, then going to ``end`` over ``span``
+    states, then ``end``."""
     span = int(span)
     if span <= 0:
         # optax would warn and hold ``start``; a zero span means "already at the end".
         return optax.constant_schedule(float(end))
-    return optax.linear_schedule(init_value=float(start), end_value=float(end), transition_steps=span)
+    return optax.linear_schedule(init_value=float(start), end_value=float(end), transition_steps=span,
+                                 transition_begin=int(begin))
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class ControlSignals:
     def from_config(cls, schedule_cfg) -> ControlSignals:
         """Build the signals from a ``config.ScheduleConfig`` (or anything shaped like it)."""
         signals = {
-            name: linear_signal(sig.start, sig.end, sig.span)
+            name: linear_signal(sig.start, sig.end, sig.span, getattr(sig, "begin", 0))
             for name in SIGNAL_NAMES
             for sig in (getattr(schedule_cfg, name),)
         }
