@@ -17,7 +17,7 @@ from dqn_jax import algorithms, sweeps, tracking
 from dqn_jax.algorithms import Parts, make_parts
 from dqn_jax.algorithms.learners import learner_mesh
 from dqn_jax.analyze import pictures, video
-from dqn_jax.config import ConfigError, memory_rows, num_envs
+from dqn_jax.config import ConfigError, memory_rows, num_envs, stored_stack
 from dqn_jax.core.acting import Player, state_spec
 from dqn_jax.core.networks import make_network
 from dqn_jax.core.schedules import SIGNAL_NAMES, ControlSignals
@@ -138,7 +138,8 @@ def _need(cfg, games) -> resources.Need:
     extra = algorithms.ALGORITHMS[cfg.algorithm.name].extra_network_copies
     copies = resources.NETWORK_COPIES + extra * resources.TARGET_COPIES
     return resources.estimate(cfg.memory, games.num_envs, shape, dtype, games.num_actions,
-                              make_network(cfg.network, games.num_actions), np.zeros((1, *shape), dtype), copies)
+                              make_network(cfg.network, games.num_actions), np.zeros((1, *shape), dtype), copies,
+                              stack=stored_stack(cfg))
 
 
 def _resume(cfg, run_dir: Path, fresh_state, fresh_key, checkpointer: Checkpointer):

@@ -63,6 +63,9 @@ class MemoryConfig:
     size: int = 200_000  # states held (all games together)
     batch_size: int = 128  # states per gradient step
     reward_clip: float = 1.0  # rewards stored clipped to [-reward_clip, reward_clip]
+    # "states": each state kept whole; "frames": only its newest frame, the state rebuilt from
+    # the frames before it (env.encoding=frame_stack, algorithm dqn or double_dqn)
+    storage: str = "states"
 
 
 @dataclass
@@ -281,6 +284,7 @@ CHOICES = {
     "network.dtype": ("float32", "bfloat16"),
     "network.input_scale": ("unit", "raw"),
     "network.kernel_init": ("truncated_normal", "xavier_uniform"),
+    "memory.storage": ("states", "frames"),
     "network.padding": (None, "SAME", "VALID"),
     "logger.name": ("mlflow", "none"),
     "test_checkpoints": ("latest", "all"),
@@ -357,6 +361,7 @@ def validate(cfg) -> None:
     window, refresh = _get(cfg, "algorithm.window"), _get(cfg, "algorithm.refresh_states")  # sweep_dqn
     if window is not _ABSENT and (refresh % every or not 0 < window // games < memory_rows(cfg.memory, games) - -(-refresh // games)):
         raise ConfigError(f"algorithm.refresh_states={refresh} must be a multiple of algorithm.train_every={every}, and algorithm.window={window} hold a row of {games} games and fit in memory.size={cfg.memory.size} beside the states written between refreshes")
+    _check_storage(cfg, games)
     if cfg.memory.size < 2 * games:
         raise ConfigError(
             f"memory.size={cfg.memory.size} is too small for {games} games; it must be at least "
@@ -372,6 +377,23 @@ def validate(cfg) -> None:
                           "(a multiple of the loss's running level), or null for no limit")
     if cfg.render and cfg.video:
         raise ConfigError("render=true and video=true cannot be combined; choose one")
+
+
+def _check_storage(cfg, games: int) -> None:
+    if cfg.memory.storage != "frames":
+        return
+    if cfg.env.kind != "atari" or cfg.env.encoding != "frame_stack" or cfg.algorithm.name not in ("dqn", "double_dqn"):
+        raise ConfigError("memory.storage=frames needs env.encoding=frame_stack and algorithm dqn or double_dqn "
+                          f"(got {cfg.env.kind} {cfg.env.encoding}, {cfg.algorithm.name}); use memory.storage=states")
+    rows, needed = memory_rows(cfg.memory, games), cfg.env.stack_size + cfg.algorithm.n_step
+    if rows <= needed:
+        raise ConfigError(f"memory.size={cfg.memory.size} holds {rows} rows of {games} games; memory.storage=frames "
+                          f"needs more than env.stack_size + algorithm.n_step = {needed}")
+
+
+def stored_stack(cfg) -> int:
+    """Frames in a state when the memory keeps only each state's newest frame, else 1."""
+    return int(cfg.env.stack_size) if cfg.memory.storage == "frames" else 1
 
 
 def _check_ranges(cfg) -> None:

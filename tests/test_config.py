@@ -85,6 +85,12 @@ def test_composition_rejects_bad_keys_types_and_options(override, message):
         (["network.padding=FULL"], "network.padding='FULL' is not allowed; choose one of null, SAME, VALID"),
         (["network.kernel_init=orthogonal"], "choose one of truncated_normal, xavier_uniform"),
         (["schedule.epsilon.begin=-5"], "schedule.epsilon.begin=-5.0 is out of range; it must be >= 0"),
+        (["memory.storage=frames"], "memory.storage=frames needs env.encoding=frame_stack and algorithm dqn or "
+                                    "double_dqn"),
+        (["memory.storage=frames", "algorithm=sweep_dqn", "env.encoding=frame_stack"], "needs env.encoding"),
+        (["memory.storage=frames", "algorithm=dqn", "env.encoding=frame_stack", "env.num_envs=4", "memory.size=20"],
+         "memory.size=20 holds 5 rows of 4 games; memory.storage=frames needs more than"),
+        (["memory.storage=bytes"], "memory.storage='bytes' is not allowed; choose one of states, frames"),
     ],
 )
 def test_validation_names_the_key_and_what_is_allowed(override, message):

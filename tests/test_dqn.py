@@ -306,17 +306,17 @@ def test_a_prioritised_update_weights_its_loss_and_stores_the_errors_it_measured
 # ------------------------------------------------------------------------ end to end
 
 
-@pytest.mark.parametrize("algorithm, encoding, priority", [("dqn", "motion_trace", 0.0),
-                                                           ("double_dqn", "frame_stack", 0.6)])
-def test_each_algorithm_trains_checkpoints_and_resumes(tmp_path, algorithm, encoding, priority):
+@pytest.mark.parametrize("algorithm, encoding, priority, storage", [("dqn", "motion_trace", 0.0, "states"),
+                                                                    ("double_dqn", "frame_stack", 0.6, "frames")])
+def test_each_algorithm_trains_checkpoints_and_resumes(tmp_path, algorithm, encoding, priority, storage):
     """A few hundred states of real Breakout, then the same command resumes: the target
     network and the update count come back from the checkpoint. Double DQN draws its
-    batches by priority."""
+    batches by priority from a memory of frames."""
     from tests.conftest import run_and_resume
 
     args = [f"algorithm={algorithm}", "algorithm.warmup=100", "algorithm.report_every=200",
             "algorithm.target_copy_states=28", "memory.batch_size=8", f"env.encoding={encoding}", "logger=none",
-            f"algorithm.priority_exponent={priority}"]
+            f"algorithm.priority_exponent={priority}", f"memory.storage={storage}"]
     steps, state, counters = run_and_resume(args, tmp_path)
     assert steps[-2:] == [400, 600]
     assert isinstance(state, dqn.DqnState) and int(counters["states"]) == 600

@@ -163,3 +163,78 @@ def test_sweep_compiles_once_for_every_fill_level():
     for stage in ("_prepare", "_write_targets", "_row_max_associative"):
         assert compiles.of(stage) <= 1, compiles.names
     assert compiles.of("_row_max_scan") == 0
+
+
+# ------------------------------------------------------------ a memory of frames
+
+
+def play_frame_stacks(rows, steps, games=3, stack=4, seed=0):
+    """Random frames and episode ends played through the frame_stack encoding, recorded into a
+    circular memory of whole states and one of frames: (states, frames, the stack acting
+    built at each position)."""
+    from types import SimpleNamespace
+
+    from dqn_jax.core.encodings import make_encoding
+
+    encoding = make_encoding(SimpleNamespace(kind="atari", encoding="frame_stack", stack_size=stack))
+    rng = np.random.default_rng(seed)
+    shape = (2, 3, stack)
+    whole = replay.init_memory(rows, games, shape, jnp.uint8, 2, circular=True)
+    frames = replay.init_memory(rows, games, shape, jnp.uint8, 2, circular=True, stack=stack)
+    first = jnp.asarray(rng.integers(0, 256, (games, 2, 3)), jnp.uint8)
+    carried, restart, built = encoding.start(first), np.ones(games, bool), []
+    for t in range(steps + 1):
+        image = first if t == 0 else jnp.asarray(rng.integers(0, 256, (games, 2, 3)), jnp.uint8)
+        carried, states = encoding.encode(carried, image, restart)
+        built.append(np.asarray(states))
+        actions = jnp.asarray(rng.integers(0, 2, games), jnp.int32)
+        whole = replay.record_decision(whole, states, jnp.zeros((games, 2)), actions)
+        frames = replay.record_decision(frames, states, jnp.zeros((games, 2)), actions)
+        if t == steps:
+            break  # the open row: decided, not yet closed
+        restart = rng.random(games) < 0.15
+        outcome = (jnp.ones(games), jnp.zeros(games, bool), jnp.asarray(restart))
+        whole, frames = replay.record_outcome(whole, *outcome), replay.record_outcome(frames, *outcome)
+    return whole, frames, np.stack(built)
+
+
+@pytest.mark.parametrize("steps", [7, 40])  # before the memory wraps, and after it wrapped three times
+def test_a_memory_of_frames_rebuilds_the_stacks_acting_built(steps):
+    whole, frames, built = play_frame_stacks(rows=12, steps=steps)
+    assert frames.states.shape == (12, 3, 2, 3, 1) and frames.states.nbytes * 4 == whole.states.nbytes
+    assert int(frames.count) == steps
+    oldest = max(0, steps - 12 + 4)  # its 3 earlier frames are still held
+    for game in range(3):
+        positions = jnp.arange(oldest, steps + 1)
+        got = np.asarray(replay.states_at(frames, positions, jnp.full(positions.shape, game)))
+        np.testing.assert_array_equal(got, built[oldest:, game])
+        np.testing.assert_array_equal(np.asarray(replay.states_at(whole, positions, jnp.full(positions.shape, game))),
+                                      built[oldest:, game])
+    # the checked stacks include ones an episode's start cut (its first frame repeated) and whole ones
+    cut = [np.array_equal(s[..., 0], s[..., 1]) for s in built[oldest:].reshape(-1, 2, 3, 4)]
+    assert 0 < sum(cut) < len(cut)
+
+
+def test_transitions_from_a_memory_of_frames_are_those_of_whole_states():
+    from dqn_jax.algorithms import dqn
+
+    whole, frames, built = play_frame_stacks(rows=12, steps=40, seed=1)
+    position = jnp.arange(40 - 12 + 4, 40 - 2 + 1).repeat(3)  # every complete 2-step transition held
+    game = jnp.tile(jnp.arange(3), position.shape[0] // 3)
+    for a, b in zip(dqn.gather_transitions(whole, position, game, 2, 0.9),
+                    dqn.gather_transitions(frames, position, game, 2, 0.9), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # uniform batches draw only transitions whose earlier frames are still held
+    batch = dqn.sample_transitions(jax.random.key(0), frames, 512, n_step=2, discount=0.9)
+    held = {(built[p, g].tobytes(), built[p + 2, g].tobytes()) for p in range(40 - 12 + 4, 40 - 2 + 1)
+            for g in range(3)}
+    pairs = {(np.asarray(s).tobytes(), np.asarray(n).tobytes()) for s, n in zip(batch.states, batch.next_states,
+                                                                                strict=True)}
+    assert pairs <= held and len(pairs) > 0.8 * len(held)
+
+
+def test_a_memory_of_frames_needs_a_circular_memory_of_stacks():
+    with pytest.raises(ValueError, match="circular memory of 4-frame states"):
+        replay.init_memory(8, 2, (2, 3, 4), jnp.uint8, 2, stack=4)
+    with pytest.raises(ValueError, match="circular memory of 4-frame states"):
+        replay.init_memory(8, 2, (2, 3, 2), jnp.uint8, 2, circular=True, stack=4)

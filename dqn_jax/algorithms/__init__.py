@@ -23,7 +23,7 @@ import numpy as np
 from dqn_jax.algorithms import dqn, sweep_dqn
 from dqn_jax.algorithms.base import Algorithm, MemorySpec
 from dqn_jax.algorithms.hvass.algorithm import Hvass
-from dqn_jax.config import memory_rows
+from dqn_jax.config import memory_rows, stored_stack
 from dqn_jax.core.acting import state_spec
 from dqn_jax.core.networks import make_network
 from dqn_jax.core.schedules import ControlSignals
@@ -51,7 +51,8 @@ def make_parts(cfg, games, seed: int) -> Parts:
 
 def memory_spec(cfg, games) -> MemorySpec:
     shape, dtype = state_spec(cfg.env, games.observation_shape, games.observation_dtype)
-    return MemorySpec(memory_rows(cfg.memory, games.num_envs), games.num_envs, shape, dtype, games.num_actions)
+    return MemorySpec(memory_rows(cfg.memory, games.num_envs), games.num_envs, shape, dtype, games.num_actions,
+                      stored_stack(cfg))
 
 
 ALGORITHMS: dict[str, type[Algorithm]] = {"hvass": Hvass, "dqn": dqn.Dqn, "double_dqn": dqn.Dqn,

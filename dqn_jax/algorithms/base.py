@@ -46,13 +46,15 @@ def counter(value) -> np.ndarray:
 
 
 class MemorySpec(NamedTuple):
-    """The replay memory's geometry: rows of ``games`` games, each state ``shape``/``dtype``."""
+    """The replay memory's geometry: rows of ``games`` games, each state ``shape``/``dtype``;
+    ``stack`` > 1: only each state's newest frame is kept (``core.replay.states_at``)."""
 
     rows: int
     games: int
     shape: tuple[int, ...]
     dtype: Any
     num_actions: int
+    stack: int = 1
 
 
 class Hooks(NamedTuple):

@@ -67,7 +67,8 @@ def sample_transitions(key, memory: replay.ReplayMemory, batch_size: int, n_step
     end: nothing after it counts), and the state of row p+n. It is complete when rows
     p .. p+n-1 are closed and row p+n still holds its state: p+n <= count, where ``count``
     rows are closed and row ``count`` holds the states just decided on, and p > count - rows
-    (the row before the oldest was overwritten by them). Needs ``count`` >= ``n_step``.
+    (the row before the oldest was overwritten by them; a memory of frames: p - stack + 1 >
+    count - rows). Needs ``count`` >= ``n_step``.
     ``terminal`` is true when the sum was cut: the target then takes no value after it.
     """
     back_key, game_key = jax.random.split(key)
@@ -90,8 +91,9 @@ def sample_prioritised(key, memory: replay.ReplayMemory, batch_size: int, n_step
 
 
 def _complete(memory: replay.ReplayMemory, n_step: int):
-    """How many positions back from the newest (count - n_step) hold complete transitions."""
-    return jnp.minimum(memory.count, memory.rows - 1) - (n_step - 1)
+    """How many positions back from the newest (count - n_step) hold complete transitions (a
+    memory of frames also needs the stack - 1 frames before a transition's state)."""
+    return jnp.minimum(memory.count, memory.rows - memory.stack) - (n_step - 1)
 
 
 def gather_transitions(memory: replay.ReplayMemory, position, game, n_step: int, discount: float) -> Transitions:
@@ -102,9 +104,9 @@ def gather_transitions(memory: replay.ReplayMemory, position, game, n_step: int,
         row = (position + k) % memory.rows
         rewards = rewards + jnp.where(alive, discount ** k * memory.rewards[row, game], 0.0)
         alive = alive & ~(memory.end_life[row, game] | memory.end_episode[row, game])
-    row, next_row = position % memory.rows, (position + n_step) % memory.rows
-    return Transitions(memory.states[row, game], memory.actions[row, game], rewards, ~alive,
-                       memory.states[next_row, game])
+    row = position % memory.rows
+    return Transitions(replay.states_at(memory, position, game), memory.actions[row, game], rewards, ~alive,
+                       replay.states_at(memory, position + n_step, game))
 
 
 def td_targets(rewards, terminal, next_q_target, next_q_online, discount, double: bool) -> jax.Array:
@@ -285,7 +287,8 @@ class Dqn(Algorithm):
 
     def empty_memory(self, state: DqnState):
         spec = self.memory
-        memory = replay.init_memory(spec.rows, spec.games, spec.shape, spec.dtype, spec.num_actions, circular=True)
+        memory = replay.init_memory(spec.rows, spec.games, spec.shape, spec.dtype, spec.num_actions, circular=True,
+                                    stack=spec.stack)
         return state.replace(recorded=counter(0)), memory
 
     def cycle_rows(self, state: DqnState, states: int) -> int:

@@ -9,6 +9,11 @@ DQN's uniform transitions (:mod:`dqn_jax.algorithms.dqn`).
 
 States keep their own dtype (uint8 images), the network scales them; the memory never
 holds a float copy. Rows at and after ``count`` are stale and ignored everywhere.
+
+A circular memory of frame stacks may keep only each state's newest frame
+(``ReplayMemory.stack`` > 1, ``memory.storage=frames``): a quarter of the bytes for 4
+frames, as Dopamine's and the Nature DQN's memories. :func:`states_at` rebuilds a state
+from the frames before it, as the ``frame_stack`` encoding built it while acting.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dqn_jax.core.priorities import UNSEEN
 
 @flax.struct.dataclass
 class ReplayMemory:
-    states: jax.Array  # (T, N, *state_shape), the state dtype (uint8 for images)
+    states: jax.Array  # (T, N, *state_shape), the state dtype (uint8 for images); (T, N, H, W, 1) if stack > 1
     q_values: jax.Array  # float32 (T, N, A): estimated while acting, targets after a sweep
     actions: jax.Array  # int32 (T, N)
     rewards: jax.Array  # float32 (T, N), clipped
@@ -33,6 +38,8 @@ class ReplayMemory:
     # Circular (DQN): rows are written at count % rows, overwriting the oldest, and
     # count keeps growing. Otherwise (the tutorial's) a full memory writes nothing.
     circular: bool = flax.struct.field(pytree_node=False, default=False)
+    # Frames in a state when only each state's newest frame is kept (1: states kept whole).
+    stack: int = flax.struct.field(pytree_node=False, default=1)
 
     @property
     def rows(self) -> int:
@@ -54,11 +61,17 @@ class ReplayMemory:
 
 
 def init_memory(rows: int, num_games: int, state_shape, state_dtype, num_actions: int,
-                circular: bool = False) -> ReplayMemory:
-    """An empty memory of ``rows`` rows for ``num_games`` games (``circular``: see ReplayMemory)."""
+                circular: bool = False, stack: int = 1) -> ReplayMemory:
+    """An empty memory of ``rows`` rows for ``num_games`` games (``circular``, ``stack``: see
+    ReplayMemory; ``stack`` > 1 needs a circular memory of ``stack``-frame states)."""
     tn = (int(rows), int(num_games))
+    stack = int(stack)
+    if stack > 1 and not (circular and state_shape[-1] == stack):
+        raise ValueError(f"a memory of frames needs a circular memory of {stack}-frame states, "
+                         f"not {'circular' if circular else 'reset'} {tuple(state_shape)}")
+    stored = tuple(state_shape) if stack == 1 else (*tuple(state_shape)[:-1], 1)
     return ReplayMemory(
-        states=jnp.zeros(tn + tuple(state_shape), dtype=state_dtype),
+        states=jnp.zeros(tn + stored, dtype=state_dtype),
         q_values=jnp.zeros(tn + (int(num_actions),), jnp.float32),
         actions=jnp.zeros(tn, jnp.int32),
         rewards=jnp.zeros(tn, jnp.float32),
@@ -67,6 +80,7 @@ def init_memory(rows: int, num_games: int, state_shape, state_dtype, num_actions
         errors=jnp.zeros(tn, jnp.float32),
         count=jnp.zeros((), jnp.int32),
         circular=circular,
+        stack=stack,
     )
 
 
@@ -90,6 +104,7 @@ def record_decision(memory: ReplayMemory, states, q_values, actions) -> ReplayMe
     A full memory writes nothing.
     """
     row = _open_row(memory)
+    states = states if memory.stack == 1 else states[..., -1:]  # the newest frame
     return memory.replace(states=_put_row(memory.states, row, states),
                           q_values=_put_row(memory.q_values, row, q_values),
                           actions=_put_row(memory.actions, row, actions))
@@ -124,6 +139,26 @@ def _closed_count(memory: ReplayMemory, closed) -> jax.Array:
 
 # The memory is donated so the (multi-GB) buffers are updated in place.
 record_outcome_jit = jax.jit(record_outcome, donate_argnums=0)
+
+
+def states_at(memory: ReplayMemory, position, game) -> jax.Array:
+    """The states at ``position`` (as ``count`` counts rows) of ``game``, both int arrays (B,).
+
+    A memory of frames rebuilds each from the frames at positions p - stack + 1 .. p, as
+    the ``frame_stack`` encoding stacked them: a frame of an earlier episode, or from before
+    the memory's first row (the games started there), is replaced by the episode's first
+    frame. Needs p - stack + 1 > count - rows where the memory has wrapped: those frames
+    are still held."""
+    if memory.stack == 1:
+        return memory.states[position % memory.rows, game]
+    frames = [memory.states[position % memory.rows, game]]  # newest first
+    cut = jnp.zeros(position.shape, bool)
+    for back in range(1, memory.stack):  # the stack is small and static: unrolled
+        earlier = position - back
+        cut = cut | (earlier < 0) | memory.end_episode[earlier % memory.rows, game]
+        frame = memory.states[earlier % memory.rows, game]
+        frames.append(jnp.where(cut.reshape(cut.shape + (1,) * (frame.ndim - 1)), frames[-1], frame))
+    return jnp.concatenate(frames[::-1], axis=-1)
 
 
 def reset(memory: ReplayMemory) -> ReplayMemory:

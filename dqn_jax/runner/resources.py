@@ -44,11 +44,12 @@ def _nbytes(tree) -> int:
 
 
 def estimate(memory_cfg, num_games: int, state_shape, state_dtype, num_actions: int,
-             network, sample_state, network_copies: int = NETWORK_COPIES) -> Need:
-    """The bytes of the replay memory and of the network's train state, from shapes only."""
+             network, sample_state, network_copies: int = NETWORK_COPIES, stack: int = 1) -> Need:
+    """The bytes of the replay memory and of the network's train state, from shapes only
+    (``stack`` > 1: a memory of frames, ``core.replay``)."""
     rows = memory_rows(memory_cfg, num_games)
     init = functools.partial(replay.init_memory, rows, num_games, tuple(state_shape),
-                             state_dtype, num_actions)
+                             state_dtype, num_actions, circular=stack > 1, stack=stack)
     memory_bytes = _nbytes(jax.eval_shape(init))
     params = jax.eval_shape(network.init, jax.random.PRNGKey(0), sample_state)
     return Need(memory_bytes, memory_bytes / (rows * num_games), network_copies * _nbytes(params))
