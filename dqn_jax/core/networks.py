@@ -24,10 +24,6 @@ import jax.numpy as jnp
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-KERNEL_INITS = ("truncated_normal", "xavier_uniform")
-PADDINGS = ("SAME", "VALID")
-
-
 def _kernel_init(name: str, stddev: float):
     """The weights' initialiser: "truncated_normal" with the given stddev, or Flax's default
     (lecun normal, the stddev from each layer's fan-in) if stddev <= 0; "xavier_uniform"
