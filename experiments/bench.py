@@ -127,6 +127,21 @@ def gpu_bound(batch: int = 128) -> dict:
     return out
 
 
+def frames_vs_states(quick: bool) -> None:
+    """The reference recipe's step from a memory of frames beside one of whole states: what
+    rebuilding the stacks costs for a quarter of the bytes (20,000 states: both fit beside
+    anything else running)."""
+    step = {}
+    for storage in ("states", "frames"):
+        cfg = _compose(["experiment=breakout_dopamine_dqn", "memory.size=20000", f"memory.storage={storage}"])
+        step[storage] = bench_core.bench_dqn_update(cfg, steps=30 if quick else 150)
+    frames, states = step["frames"], step["states"]
+    report("c", "reference DQN step, memory of frames vs states",
+           f"{frames['step_ms'] / states['step_ms']:.2f}x the time ({frames['step_ms']:.1f} vs "
+           f"{states['step_ms']:.1f} ms) for {frames['memory_bytes_per_state']:,.0f} vs "
+           f"{states['memory_bytes_per_state']:,.0f} bytes of state a state")
+
+
 def bench_learner(quick: bool) -> None:
     opt = bench_core.bench_optimise(iterations=3 if quick else 10)
     report("c", f"optimise loop ({opt['loop']}), hvass, batch 128, {jax.default_backend()}",
@@ -149,6 +164,7 @@ def bench_learner(quick: bool) -> None:
                f"{q['step_ms']:.1f} ms ({q['params']:,} params; compiled {q['compiles']}x): "
                f"<= {cfg.algorithm.train_every * 1e3 / q['step_ms']:.0f} states/s at a step per "
                f"{cfg.algorithm.train_every} states")
+    frames_vs_states(quick)
     for states in (200_000, 1_000_000):  # the default memory; the paper's
         draw_ms = bench_core.bench_priority_draw(states, batches=50 if quick else 300)
         report("c", f"prioritised draw of a batch of 32, {states:,} states",

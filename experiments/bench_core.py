@@ -189,12 +189,13 @@ def bench_dqn_update(cfg, steps: int = 200) -> dict:
         algorithm = algorithms.build(cfg, parts, games)
         spec = algorithms.memory_spec(cfg, games)
         rows, dtype = spec.rows, spec.dtype
-        memory = replay.init_memory(rows, spec.games, spec.shape, dtype, spec.num_actions, circular=True)
+        memory = replay.init_memory(rows, spec.games, spec.shape, dtype, spec.num_actions, circular=True,
+                                    stack=spec.stack)
     finally:
         games.close()
     update = algorithm.update
     rng = np.random.default_rng(1)
-    memory = memory.replace(states=jnp.asarray(rng.integers(0, 256, memory.states.shape), dtype),
+    memory = memory.replace(states=jnp.asarray(rng.integers(0, 256, memory.states.shape, dtype=np.uint8), dtype),
                             count=jnp.int32(rows + 1))
     rate = jnp.float32(ControlSignals.from_config(cfg.schedule).learning_rate(0))
     state, stats, key = dqn.with_target(parts.train_state), dqn.Stats.zeros(), jax.random.key(2)
@@ -207,7 +208,8 @@ def bench_dqn_update(cfg, steps: int = 200) -> dict:
         state, stats, memory, key = update(state, stats, memory, key, rate)
     jax.block_until_ready(state.params)
     seconds = (time.perf_counter() - start) / steps
-    return {"step_ms": seconds * 1e3, "params": count_params(state.params), "compiles": compiles.of("_step")}
+    return {"step_ms": seconds * 1e3, "params": count_params(state.params), "compiles": compiles.of("_step"),
+            "memory_bytes_per_state": memory.states.nbytes / (rows * spec.games)}
 
 
 def bench_priority_draw(states: int, batch_size: int = 32, batches: int = 300) -> float:
