@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,12 +50,32 @@ def compose_config(overrides=(), tmp_path: Path | None = None, to_object: bool =
 
 # ------------------------------------------------------------------------- subprocesses
 
+# One persistent XLA compilation cache for every subprocess of a suite run: the tiny runs
+# compile the same few dozen programs, and compiling was most of a tiny run's time (about
+# 10 of 25 seconds). The controller empties it when the suite starts, so an entry cut short
+# by a kill -9 test lives one suite run at most (JAX recompiles, with a warning, an entry it
+# cannot read); the file lock makes each entry's write and read whole. In-process tests do
+# not use it: some count the programs XLA compiles.
+JAX_CACHE = ROOT / ".pytest_cache" / "jax-compilation-cache"
+JAX_CACHE_ENV = {
+    "JAX_COMPILATION_CACHE_DIR": str(JAX_CACHE),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # the tiny programs compile in well under 1 s
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    "JAX_COMPILATION_CACHE_MAX_SIZE": str(2**30),  # a size limit turns on JAX's file lock
+}
+
+
+def pytest_configure(config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist), before any worker
+        shutil.rmtree(JAX_CACHE, ignore_errors=True)
+
+
 def app_env(extra=None) -> dict:
     """The environment of every subprocess: this checkout's code (jobs of a sweep run outside
-    it, where an installed copy could win), the CPU, unbuffered output."""
+    it, where an installed copy could win), the CPU, unbuffered output, the suite's compilation cache."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path,
-            **(extra or {})}
+            **JAX_CACHE_ENV, **(extra or {})}
 
 
 def app_command(args, cwd: Path, module: str = "dqn_jax") -> list[str]:
