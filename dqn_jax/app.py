@@ -27,6 +27,7 @@ from dqn_jax.runner.checkpoints import Checkpointer
 from dqn_jax.runner.faults import FAILURE_TAG, Diverged, Limits
 from dqn_jax.runner.logs import TrainingLog, read_rewards
 from dqn_jax.runner.loop import Budget, Counters, Training, train
+from dqn_jax.runner.memory_file import MemoryFile
 from dqn_jax.runner.resources import describe_device
 from dqn_jax.runner.testing import test
 
@@ -124,7 +125,8 @@ def build_training(cfg, games, parts: Parts, algorithm, checkpointer: Checkpoint
     signals = ControlSignals.from_config(cfg.schedule)
     player = Player(parts.network, cfg.env, signals.epsilon, cfg.memory.reward_clip)
     return Training(algorithm, games, player, checkpointer, log, Budget(cfg.steps, cfg.episodes),
-                    cfg.memory.reward_clip, Limits.from_config(cfg), after_cycle=curves_every(log, 300))
+                    cfg.memory.reward_clip, Limits.from_config(cfg), after_cycle=curves_every(log, 300),
+                    memory_file=MemoryFile(log.run_dir) if cfg.checkpoint.memory else None)
 
 
 def curves_every(log: TrainingLog, seconds: float):

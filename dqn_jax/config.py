@@ -210,6 +210,10 @@ class FaultsConfig:
 class CheckpointConfig:
     keep: int = 3  # checkpoints kept; older ones are deleted
     resume: bool = True  # continue from the latest checkpoint in the run directory
+    # Save the replay memory with each checkpoint (the newest only, under <run_dir>/memory),
+    # so that a resume learns from what it had instead of warming up again; circular
+    # memories (dqn, double_dqn, sweep_dqn) only: the tutorial's is emptied every cycle.
+    memory: bool = False
 
 
 @dataclass
@@ -362,6 +366,7 @@ def validate(cfg) -> None:
     if window is not _ABSENT and (refresh % every or not 0 < window // games < memory_rows(cfg.memory, games) - -(-refresh // games)):
         raise ConfigError(f"algorithm.refresh_states={refresh} must be a multiple of algorithm.train_every={every}, and algorithm.window={window} hold a row of {games} games and fit in memory.size={cfg.memory.size} beside the states written between refreshes")
     _check_storage(cfg, games)
+    _check_saved_memory(cfg)
     if cfg.memory.size < 2 * games:
         raise ConfigError(
             f"memory.size={cfg.memory.size} is too small for {games} games; it must be at least "
@@ -377,6 +382,12 @@ def validate(cfg) -> None:
                           "(a multiple of the loss's running level), or null for no limit")
     if cfg.render and cfg.video:
         raise ConfigError("render=true and video=true cannot be combined; choose one")
+
+
+def _check_saved_memory(cfg) -> None:
+    if cfg.checkpoint.memory and cfg.algorithm.name == "hvass":
+        raise ConfigError("checkpoint.memory=true saves a circular memory (algorithm dqn, double_dqn or sweep_dqn); "
+                          "algorithm=hvass empties its memory every cycle: use checkpoint.memory=false")
 
 
 def _check_storage(cfg, games: int) -> None:

@@ -91,6 +91,7 @@ def test_composition_rejects_bad_keys_types_and_options(override, message):
         (["memory.storage=frames", "algorithm=dqn", "env.encoding=frame_stack", "env.num_envs=4", "memory.size=20"],
          "memory.size=20 holds 5 rows of 4 games; memory.storage=frames needs more than"),
         (["memory.storage=bytes"], "memory.storage='bytes' is not allowed; choose one of states, frames"),
+        (["checkpoint.memory=true"], "checkpoint.memory=true saves a circular memory .* algorithm=hvass empties"),
     ],
 )
 def test_validation_names_the_key_and_what_is_allowed(override, message):

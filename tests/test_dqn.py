@@ -306,28 +306,37 @@ def test_a_prioritised_update_weights_its_loss_and_stores_the_errors_it_measured
 # ------------------------------------------------------------------------ end to end
 
 
-@pytest.mark.parametrize("algorithm, encoding, priority, storage", [("dqn", "motion_trace", 0.0, "states"),
-                                                                    ("double_dqn", "frame_stack", 0.6, "frames")])
-def test_each_algorithm_trains_checkpoints_and_resumes(tmp_path, algorithm, encoding, priority, storage):
+@pytest.mark.parametrize("algorithm, encoding, priority, storage, saved_memory",
+                         [("dqn", "motion_trace", 0.0, "states", False),
+                          ("double_dqn", "frame_stack", 0.6, "frames", True)])
+def test_each_algorithm_trains_checkpoints_and_resumes(tmp_path, algorithm, encoding, priority, storage,
+                                                       saved_memory):
     """A few hundred states of real Breakout, then the same command resumes: the target
     network and the update count come back from the checkpoint. Double DQN draws its
-    batches by priority from a memory of frames."""
+    batches by priority from a memory of frames, saved with each checkpoint."""
+    from dqn_jax.runner.memory_file import MemoryFile
     from tests.conftest import run_and_resume
 
     args = [f"algorithm={algorithm}", "algorithm.warmup=100", "algorithm.report_every=200",
             "algorithm.target_copy_states=28", "memory.batch_size=8", f"env.encoding={encoding}", "logger=none",
-            f"algorithm.priority_exponent={priority}", f"memory.storage={storage}"]
+            f"algorithm.priority_exponent={priority}", f"memory.storage={storage}",
+            f"checkpoint.memory={str(saved_memory).lower()}"]
     steps, state, counters = run_and_resume(args, tmp_path)
     assert steps[-2:] == [400, 600]
     assert isinstance(state, dqn.DqnState) and int(counters["states"]) == 600
-    # the checkpoint holds DQN's whole state: its counters beside the networks. The resumed
-    # run's memory held the 200 states played since the resume (it is not checkpointed)
-    assert (int(state.recorded), int(state.credit)) == (200, 0)
+    # the checkpoint holds DQN's whole state: its counters beside the networks. A resumed run
+    # whose memory was not saved holds only the 200 states played since the resume
+    assert (int(state.recorded), int(state.credit)) == ((600 if saved_memory else 200), 0)
     state = state.train
     assert isinstance(state, dqn.TargetTrainState)
     # 2 games: the warm-up ends after 100 states, then a step per 4 states (the first run:
-    # 75 steps); the resumed run warms up again (its memory is not checkpointed): 25 more
-    assert int(state.updates) == 75 + 25
+    # 75 steps); the resumed run steps on (50 more), or warms up again when its memory
+    # starts empty (25 more)
+    assert int(state.updates) == 75 + (50 if saved_memory else 25)
+    saved = MemoryFile(tmp_path / "runs" / "breakout" / "default")
+    assert saved.steps() == ([600] if saved_memory else [])  # the newest only
+    if saved_memory:  # 300 rows closed in all: 200 before the resume, 100 after
+        assert int(np.load(saved.directory / "600" / "count.npy")) == 300
     # the last copy was at step 98, two steps ago: the target network lags the network
     assert any(not np.array_equal(a, b) for a, b in zip(leaves(state.params), leaves(state.target_params),
                                                         strict=True))

@@ -72,7 +72,7 @@ RECIPES = {
         "algorithm.target_copy_states": 8000, "algorithm.huber_delta": None, "algorithm.discount": 0.99,
         "memory.batch_size": 32, "schedule.epsilon.end": 0.01, "schedule.epsilon.span": 250000,
         "schedule.epsilon.begin": 20000, "network.padding": "SAME", "network.kernel_init": "xavier_uniform",
-        "memory.size": 1000000, "memory.storage": "frames",
+        "memory.size": 1000000, "memory.storage": "frames", "checkpoint.memory": True,
         "schedule.learning_rate.start": 6.25e-5, "schedule.learning_rate.end": 6.25e-5,
         "optimizer.name": "adam", "optimizer.eps": 1.5e-4, "steps": 1200000, "test_episodes_after_training": 30,
     },

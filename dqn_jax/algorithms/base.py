@@ -22,7 +22,9 @@ An algorithm's state is one pytree (a ``flax.struct`` dataclass) holding its tra
 state and every counter it needs between steps; the checkpoint holds it whole. Host
 counters are 0-d numpy arrays (:func:`counter`), so that Orbax saves them beside the
 arrays and counting them costs no device call. The replay
-memory is not in it (gigabytes per checkpoint): a resumed run starts it empty.
+memory is not in it (gigabytes per checkpoint): a resumed run starts it empty, unless
+``checkpoint.memory=true`` saved it beside the checkpoint (:mod:`dqn_jax.runner.memory_file`);
+then the state is kept as the checkpoint holds it and ``empty_memory`` is not called.
 
 Adding an algorithm: a module (or folder) here with a subclass of :class:`Algorithm`
 and a typed config, registered in :mod:`dqn_jax.algorithms`, and a YAML file in

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import jax
 import numpy as np
 
 from dqn_jax.algorithms.base import Algorithm, Hooks, Report
@@ -23,6 +24,7 @@ from dqn_jax.runner.faults import Limits, check_cycle
 from dqn_jax.runner.games import Acting, Outcome, step_games
 from dqn_jax.runner.interrupts import stop_request as current_stop_request
 from dqn_jax.runner.logs import TrainingLog
+from dqn_jax.runner.memory_file import MemoryFile
 
 
 @dataclass
@@ -67,17 +69,34 @@ class Training:
     reward_clip: float
     limits: Limits | None = None  # how far a finite run may go (None: finiteness alone)
     after_cycle: Callable[[], None] = lambda: None  # e.g. redraw the training curves now and then
+    memory_file: MemoryFile | None = None  # the replay memory saved with each checkpoint (None: not saved)
 
-    def save(self, counters: Counters, state, key) -> None:
+    def save(self, counters: Counters, state, key, memory) -> None:
         """Checkpoint at ``counters.states``, what was logged so far made durable first: a
         crash after the checkpoint then loses none of what it covers (:mod:`dqn_jax.runner.resume`)."""
         self.log.tracker.persist()
         self.checkpointer.save(counters.states, state, key, asdict(counters))
+        if self.memory_file is not None:
+            self.memory_file.save(counters.states, memory)
+
+    def start_memory(self, state, counters: Counters) -> tuple:
+        """(state, memory): the memory saved with the checkpoint the run resumed from, else an
+        empty one (and the state with what it counted of the old one reset)."""
+        emptied = lambda: self.algorithm.empty_memory(state)  # noqa: E731
+        if self.memory_file is None or not counters.states:
+            return emptied()
+        memory = self.memory_file.load(counters.states, jax.eval_shape(lambda: emptied()[1]))
+        if memory is None:
+            print(f"no replay memory was saved at {counters.states} states: it starts empty", flush=True)
+            return emptied()
+        print(f"the replay memory saved at {counters.states} states is back: "
+              f"{min(int(memory.count), memory.rows) * memory.num_games} states", flush=True)
+        return state, memory
 
 
 def train(run: Training, *, state, key, counters: Counters, seed: int) -> tuple:
     """Play cycles until the budget is spent; returns (state, key, TrainResult)."""
-    state, memory = run.algorithm.empty_memory(state)
+    state, memory = run.start_memory(state, counters)
     acting = Acting.start(run.games, run.player, seed + counters.episodes)
     stopped_by, last_loss, saved_at = "budget", None, counters.states
     with current_stop_request() as stop_request:
@@ -89,7 +108,7 @@ def train(run: Training, *, state, key, counters: Counters, seed: int) -> tuple:
                     if report is None:
                         break  # the budget ran out (or a stop came) before the cycle could learn
                     last_loss = last_loss if report.loss is None else report.loss
-                    run.save(counters, state, key)
+                    run.save(counters, state, key, memory)
                     saved_at = counters.states
                 run.after_cycle()
         except KeyboardInterrupt:
@@ -101,7 +120,7 @@ def train(run: Training, *, state, key, counters: Counters, seed: int) -> tuple:
             run.log.say("interrupted: saving a checkpoint and closing the run")
         with stop_request.deferred():
             if counters.states > saved_at:
-                run.save(counters, state, key)
+                run.save(counters, state, key, memory)
             run.checkpointer.wait()
     return state, key, TrainResult(counters, stopped_by, run.log.window.mean, last_loss)
 
