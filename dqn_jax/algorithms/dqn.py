@@ -18,8 +18,8 @@ and test mode with the tutorial's method. What is theirs:
 gradient step (sample, targets, loss, optimiser, target copy) once. :class:`Dqn` is the
 algorithm (:mod:`dqn_jax.algorithms.base`): it learns while it plays, and a cycle of
 ``report_every`` states is what it reports and the training loop checkpoints. The
-memory is not checkpointed (GBs for each checkpoint): a resumed run fills it again
-and warms up before its next step.
+memory is not in the checkpoint (GBs for each): a resumed run fills it again and warms
+up before its next step, unless ``checkpoint.memory=true`` saved it beside the checkpoint.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ last closed one, so no closed row is spent as a bootstrap; the refresh is taken 
 ``learn`` (the gradient step's counter decides it), so the training loop needs nothing
 new. ``config.validate`` keeps the window and the rows written until the next refresh
 inside the memory, so no sampled row is overwritten before then. The memory is not
-checkpointed (as DQN's): a resumed run warms up again and refreshes before its first step.
+in the checkpoint (as DQN's): a resumed run warms up again and refreshes before its first
+step, unless ``checkpoint.memory=true`` saved it beside the checkpoint.
 """
 
 from __future__ import annotations
