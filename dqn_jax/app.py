@@ -53,7 +53,10 @@ def run_train(cfg, run_dir: Path):
     checkpointer = None
     status = "FAILED"
     try:
-        resources.check_fits(cfg.memory, games.num_envs, _need(cfg, games))
+        need = _need(cfg, games)
+        resources.check_fits(cfg.memory, games.num_envs, need)
+        if cfg.checkpoint.memory:
+            resources.check_disk_for_memory(need, run_dir, MemoryFile(run_dir).saved_bytes())
         if getattr(cfg.algorithm, "learner_devices", 0):
             learner_mesh(cfg.algorithm.learner_devices)  # too few devices: one line, before anything is written
         parts = make_parts(cfg, games, cfg.seed)

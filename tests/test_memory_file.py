@@ -67,3 +67,12 @@ def test_the_newest_closed_row_ends_every_episode(count, row):
     if row is not None:
         want[row] = True
     np.testing.assert_array_equal(ended, want)
+
+
+def test_saved_bytes_are_the_files_of_the_saved_memory(tmp_path):
+    saved = MemoryFile(tmp_path)
+    assert saved.saved_bytes() == 0
+    memory = _filled()
+    saved.save(10, memory)
+    tables = sum(np.asarray(getattr(memory, name)).nbytes for name in FIELDS)
+    assert tables < saved.saved_bytes() <= tables + 128 * len(FIELDS)  # each .npy adds a header of 128 bytes or so

@@ -9,7 +9,14 @@ import pytest
 from dqn_jax.config import ConfigError, MemoryConfig, NetworkConfig
 from dqn_jax.core import replay
 from dqn_jax.core.networks import make_network
-from dqn_jax.runner.resources import NETWORK_COPIES, USABLE_SHARE, Need, check_fits, estimate
+from dqn_jax.runner.resources import (
+    NETWORK_COPIES,
+    USABLE_SHARE,
+    Need,
+    check_disk_for_memory,
+    check_fits,
+    estimate,
+)
 
 STATE = (105, 80, 2)
 
@@ -45,3 +52,18 @@ def test_a_memory_that_fits_passes_and_one_that_does_not_names_the_largest_size(
     assert "memory.size=200000" in message and "3.00 GB free" in message and "\n" not in message
     with pytest.raises(ConfigError, match="the network alone does not fit"):
         check_fits(MemoryConfig(size=200_000), 8, need, free=(500_000_000, "gpu memory"))
+
+
+def test_a_saved_memory_needs_room_on_the_disk_beside_the_one_it_replaces(tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "runs" / "breakout" / "not-yet-made"  # checked where it will be
+    free = shutil.disk_usage(tmp_path).free
+    check_disk_for_memory(Need(free // 2, 1.0, 0), run_dir)
+    too_big = Need(free + 10**9, 1.0, 0)
+    with pytest.raises(ConfigError) as err:
+        check_disk_for_memory(too_big, run_dir)
+    message = str(err.value)
+    assert message.startswith(f"checkpoint.memory=true saves the replay memory ({(free + 10**9) / 1e9:,.2f} GB)")
+    assert f"the disk under {tmp_path}" in message and "checkpoint.memory=false" in message and "\n" not in message
+    check_disk_for_memory(too_big, run_dir, saved_bytes=2 * 10**9)  # the saved one it replaces is deleted after

@@ -54,6 +54,12 @@ class MemoryFile:
             return []
         return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
 
+    def saved_bytes(self) -> int:
+        """The bytes the saved memories take on disk."""
+        if not self.directory.is_dir():
+            return 0
+        return sum(p.stat().st_size for p in self.directory.rglob("*.npy"))
+
     def save(self, step: int, memory: ReplayMemory) -> Path:
         """Write ``memory`` as the memory at ``step`` and delete the older ones."""
         target, partial = self.directory / str(int(step)), self.directory / f"{int(step)}{_TMP}"

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -82,6 +84,19 @@ def check_fits(memory_cfg, num_games: int, need: Need, free: tuple[int, str] | N
         f"memory.size={memory_cfg.size} needs {_gb(need.memory_bytes)} for the replay memory "
         f"({need.bytes_per_state:,.0f} bytes a state) and {_gb(need.network_bytes)} for the network "
         f"and optimiser, but {where} has {_gb(available)} free; {advice}")
+
+
+def check_disk_for_memory(need: Need, run_dir, saved_bytes: int = 0) -> None:
+    """Raise ConfigError if the disk under ``run_dir`` has no room for a saved replay memory
+    (``checkpoint.memory``): a new one is written whole before the old one (``saved_bytes``)
+    is deleted."""
+    place = next(p for p in (Path(run_dir).absolute(), *Path(run_dir).absolute().parents) if p.exists())
+    free = shutil.disk_usage(place).free + saved_bytes
+    if need.memory_bytes > free:
+        raise ConfigError(
+            f"checkpoint.memory=true saves the replay memory ({_gb(need.memory_bytes)}) with each checkpoint, but "
+            f"the disk under {place} has {_gb(free)} free; free some space, choose a smaller memory.size, or "
+            "use checkpoint.memory=false")
 
 
 def describe_device() -> str:
