@@ -289,24 +289,26 @@ def mlflow_server(tmp_path):
 # ------------------------------------------------------------------------------ order
 
 # The files that take longest, longest first (seconds of test time each, measured with
-# --durations on an idle 2-core VM, 2026-12-02). `make test` hands whole files to two xdist
-# workers (--dist loadfile) in collection order: starting the long ones first leaves the
-# short ones to fill in at the end instead of one long file running alone at the end.
+# --durations beside two one-core Breakout runs, the compilation cache on, 2026-12-03).
+# `make test` hands whole files to two xdist workers (--dist loadfile) in collection order:
+# starting the long ones first leaves the short ones to fill in at the end instead of one
+# long file running alone at the end.
 LONGEST_FIRST = [
-    "test_learning.py",  # 240: three CartPole recipes learning side by side
-    "test_stop_signals.py",  # 195
-    "test_sweeps.py",  # 185
-    "test_long_runs.py",  # 170
-    "test_app.py",  # 130
-    "test_dqn.py",  # 70
-    "test_sweep_dqn.py",  # 60: a tiny Breakout run and its resume
-    "test_compare.py",  # 50
-    "test_recipes.py",  # 40
-    "test_analyze.py",  # 40
-    "test_spool.py",  # 40
-    "test_probe.py",  # 30
-    "test_divergence.py",  # 25
-    "test_learner.py",  # 20
+    "test_learning.py",  # 620: four CartPole recipes learning side by side
+    "test_long_runs.py",  # 440
+    "test_sweeps.py",  # 225
+    "test_app.py",  # 185
+    "test_stop_signals.py",  # 175
+    "test_spool.py",  # 165
+    "test_dqn.py",  # 145
+    "test_sweep_dqn.py",  # 100: a tiny Breakout run and its resume
+    "test_learners.py",  # 70
+    "test_recipes.py",  # 70
+    "test_compare.py",  # 65
+    "test_probe.py",  # 55
+    "test_learner.py",  # 50
+    "test_analyze.py",  # 45
+    "test_divergence.py",  # 30
     "test_slurm.py",  # 15
 ]
 
