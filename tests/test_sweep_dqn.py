@@ -205,3 +205,19 @@ def test_it_trains_checkpoints_and_resumes(tmp_path):
     assert (int(state.window_start), int(state.window_rows)) == (91 - 32, 32)
     params, refreshed = jax.tree_util.tree_leaves(state.train.params), jax.tree_util.tree_leaves(state.train.target_params)
     assert any(not np.array_equal(a, b) for a, b in zip(params, refreshed, strict=True))
+
+
+def test_a_resume_with_its_saved_memory_refreshes_on_its_cadence(tmp_path):
+    """checkpoint.memory=true: the resumed run learns on from the memory it had, with no warm-up
+    and no extra first refresh: a refresh every 10 steps throughout, as in one run."""
+    from tests.conftest import run_and_resume
+
+    args = ["algorithm=sweep_dqn", "algorithm.warmup=100", "algorithm.report_every=200",
+            "algorithm.refresh_states=40", "algorithm.window=64", "memory.batch_size=8", "logger=none",
+            "checkpoint.memory=true"]
+    steps, state, counters = run_and_resume(args, tmp_path)
+    assert steps[-2:] == [400, 600] and int(counters["states"]) == 600
+    # 2 games: a step per 4 states after 100: 75 steps, then 50 more; refreshes before steps
+    # 1, 11, ..., 121: 13, the last one 5 steps ago
+    assert (int(state.train.updates), int(state.refreshes)) == (125, 13)
+    assert (int(state.recorded), int(state.credit), int(state.to_refresh)) == (600, 0, 5)

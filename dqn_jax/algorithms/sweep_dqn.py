@@ -236,6 +236,8 @@ class SweepDqn(dqn.Dqn):
         figures = None
         if int(state.to_refresh) == 0:
             state, memory, figures = self._refresh(state, memory, hooks)
+        elif self._bounds is None:  # resumed with the memory it saved: the window its state names
+            self._bounds = (jnp.int32(state.window_start), jnp.int32(state.window_rows))
         train, stats, memory, key = self.update(state.train, state.stats, memory, key, *self._bounds,
                                         self._learning_rate_array)
         state = state.replace(train=train, stats=stats, credit=counter(state.credit - self.train_every),
