@@ -40,10 +40,11 @@ run: $(STAMP)
 ## The test suite CI runs (no GPU, 2 cores). Two workers, a test file each, the longest
 ## files first (tests/conftest.py): most tests wait on a subprocess's start-up or on one
 ## busy thread, so two files run side by side, and every subprocess shares one XLA
-## compilation cache. 419 tests in 23.1 min beside two one-core Breakout runs (29.8 min
-## before the cache, 2026-12-03); CI took 27 min with the install at stop 29, before it.
+## compilation cache. 420 tests in 22-32 min here beside two one-core Breakout runs
+## (2,200-3,100 CPU-seconds, a third of them the CartPole fixture; 2026-12-03); CI took
+## 25.8 min with the install at stop 30.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not gpu" $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow and not gpu" $(ARGS)
 
 ## Learning checks and cluster launchers that take longer.
 test-slow: $(STAMP)

@@ -9,7 +9,7 @@ set -euo pipefail
 core=$1 log=$2
 shift 2
 mkdir -p "$(dirname "$log")"
-export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false"  # one XLA thread: the run keeps to its core
 cd "$(dirname "$0")/.."
 nohup taskset -c "$core" nice -n 10 .venv/bin/python -m dqn_jax "$@" >>"$log" 2>&1 &
 echo $! >"$log.pid"

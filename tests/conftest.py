@@ -290,9 +290,11 @@ def mlflow_server(tmp_path):
 
 # The files that take longest, longest first (seconds of test time each, measured with
 # --durations beside two one-core Breakout runs, the compilation cache on, 2026-12-03).
-# `make test` hands whole files to two xdist workers (--dist loadfile) in collection order:
-# starting the long ones first leaves the short ones to fill in at the end instead of one
-# long file running alone at the end.
+# `make test` hands whole files to two xdist workers (--dist loadfile) in collection order
+# (--no-loadscope-reorder: by default xdist sends the files with the most tests first, which
+# started the CartPole fixture, a third of the suite's CPU time, 14 minutes in). Starting
+# the long ones first leaves the short ones to fill in at the end instead of one long file
+# running alone at the end.
 LONGEST_FIRST = [
     "test_learning.py",  # 620: four CartPole recipes learning side by side
     "test_long_runs.py",  # 440
